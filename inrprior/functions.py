@@ -1,0 +1,218 @@
+"""A batch of SIREN functions, queried at continuous coordinates with values, gradients and Laplacians.
+
+Derivatives are taken with forward-mode AD (``torch.func.jvp``) along the two coordinate axes: with a 2-D input,
+two directional derivatives give the gradient and two nested ones the Laplacian, for every point at once. All of it
+composes with reverse-mode autograd, so the same path serves queries, gradient/Laplacian supervision and
+meta-learning.
+
+Units: values are colours on the image scale ``[0, 1]`` (not clamped); derivatives are of that colour with respect
+to the ``[-1, 1]`` coordinates. :func:`gradient_per_pixel` and :func:`laplacian_per_pixel` convert to pixel units.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Iterable
+
+import torch
+from torch import nn
+from torch.func import functional_call, jvp, vmap
+
+from .coords import check_coords, grid
+from .siren import Params, Siren, batch_size_of, param_shapes
+
+__all__ = ["Functions", "Query", "query_params", "gradient_per_pixel", "laplacian_per_pixel", "DERIVATIVES"]
+
+DERIVATIVES = ("value", "gradient", "laplacian")
+
+
+@dataclass
+class Query:
+    """What :meth:`Functions.query` returns; fields not asked for are ``None``.
+
+    value ``(B, N, C)``, gradient ``(B, N, C, 2)`` (d/dx, d/dy), laplacian ``(B, N, C)``.
+    """
+    value: torch.Tensor | None = None
+    gradient: torch.Tensor | None = None
+    laplacian: torch.Tensor | None = None
+
+    def map(self, fn) -> "Query":
+        return Query(**{f.name: (None if getattr(self, f.name) is None else fn(f.name, getattr(self, f.name)))
+                        for f in fields(self)})
+
+
+def _check_derivatives(derivatives: Iterable[str] | str) -> tuple[str, ...]:
+    derivatives = (derivatives,) if isinstance(derivatives, str) else tuple(derivatives)
+    unknown = [d for d in derivatives if d not in DERIVATIVES]
+    if unknown or not derivatives:
+        raise ValueError(f"unknown derivative {unknown or derivatives!r}; choose from {DERIVATIVES}")
+    return derivatives
+
+
+def _raw_derivatives(f, x: torch.Tensor, derivatives: tuple[str, ...]):
+    """Raw output, gradient and Laplacian of ``f`` at points ``x (N, 2)``; ``f`` treats rows independently."""
+    if "laplacian" in derivatives:
+        def second(t):
+            (v, d), (_, dd) = jvp(lambda y: jvp(f, (y,), (t,)), (x,), (t,))
+            return v, d, dd
+        tangents = torch.eye(2, dtype=x.dtype, device=x.device)[:, None, :].expand(2, *x.shape)
+        v, d, dd = vmap(second)(tangents)  # each (2, N, C): one slice per axis
+        return v[0], d.permute(1, 2, 0), dd.sum(0)
+    if "gradient" in derivatives:
+        tangents = torch.eye(2, dtype=x.dtype, device=x.device)[:, None, :].expand(2, *x.shape)
+        v, d = vmap(lambda t: jvp(f, (x,), (t,)))(tangents)
+        return v[0], d.permute(1, 2, 0), None
+    return f(x), None, None
+
+
+def query_params(net: nn.Module, params: Params, coords: torch.Tensor,
+                 derivatives: Iterable[str] | str = ("value",)) -> Query:
+    """Query the functions ``params`` describe (a pure function of its inputs; differentiable in ``params``).
+
+    Args:
+        net: the architecture (a :class:`Siren`).
+        params: parameter dict; tensors with a leading batch dim ``B`` are per function, others shared.
+        coords: ``(N, 2)`` points shared by all functions, or ``(B, N, 2)``.
+        derivatives: any of ``"value"``, ``"gradient"``, ``"laplacian"``.
+    Returns:
+        :class:`Query` on the image scale (see the module docstring for units).
+    """
+    derivatives = _check_derivatives(derivatives)
+    shapes = param_shapes(net)
+    b = batch_size_of(params, net)
+    coords = check_coords(coords, batch=b)
+    pdims = {k: (0 if v.dim() > len(shapes[k]) else None) for k, v in params.items()}
+    cdim = 0 if coords.dim() == 3 else None
+    if cdim is None and all(d is None for d in pdims.values()):
+        params = {k: v[None] for k, v in params.items()}
+        pdims = {k: 0 for k in params}
+
+    def one(p, x):
+        out = _raw_derivatives(lambda y: functional_call(net, p, (y,)), x, derivatives)
+        return tuple(t for t in out if t is not None)  # vmap returns tensors only
+
+    outs = iter(vmap(one, in_dims=(pdims, cdim))(params, coords))
+    value = next(outs)
+    gradient = next(outs) if "gradient" in derivatives or "laplacian" in derivatives else None
+    laplacian = next(outs) if "laplacian" in derivatives else None
+    # The network speaks [-1, 1]; users speak colours in [0, 1].
+    return Query(
+        value=(value + 1) / 2 if "value" in derivatives else None,
+        gradient=gradient / 2 if "gradient" in derivatives else None,
+        laplacian=laplacian / 2 if laplacian is not None else None,
+    )
+
+
+def gradient_per_pixel(gradient: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Convert gradients ``(..., 2)`` w.r.t. ``[-1, 1]`` coordinates to per-pixel units of an ``h x w`` image."""
+    scale = torch.tensor([2.0 / w, 2.0 / h], dtype=gradient.dtype, device=gradient.device)
+    return gradient * scale
+
+
+def laplacian_per_pixel(laplacian: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Convert Laplacians w.r.t. coordinates to per-pixel units; needs square pixels (``h == w``), since otherwise
+    the two second derivatives scale differently and the Laplacian alone cannot be converted."""
+    if h != w:
+        raise ValueError(f"laplacian_per_pixel needs a square image to convert units, got {h}x{w}")
+    return laplacian * (2.0 / w) ** 2
+
+
+class Functions:
+    """A batch of ``B`` SIREN functions ``(x, y) -> colour`` sharing one architecture.
+
+    Args:
+        net: the architecture (a :class:`Siren`); its own parameters are not used.
+        params: dict of tensors with leading batch dim ``B`` (tensors without it are shared by all functions).
+    """
+
+    def __init__(self, net: Siren, params: Params):
+        self.net = net
+        self.batch_size = batch_size_of(params, net)
+        shapes = param_shapes(net)
+        if all(v.shape == shapes[k] for k, v in params.items()):
+            params = {k: v[None] for k, v in params.items()}
+        self.params = params
+
+    def __len__(self) -> int:
+        return self.batch_size
+
+    def __repr__(self) -> str:
+        c = self.net.config
+        return (f"Functions(n={len(self)}, {c['in_features']}->{c['out_features']}, "
+                f"{c['hidden_layers']}x{c['hidden_features']}, w0={c['w0']})")
+
+    def __getitem__(self, index) -> "Functions":
+        shapes = param_shapes(self.net)
+        if isinstance(index, int):
+            index = slice(index, index + 1 if index != -1 else None)
+        return Functions(self.net, {k: (v[index] if v.dim() > len(shapes[k]) else v) for k, v in self.params.items()})
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.params.values())).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(iter(self.params.values())).dtype
+
+    @property
+    def channels(self) -> int:
+        return self.net.out_features
+
+    def to(self, *args, **kwargs) -> "Functions":
+        params = {k: v.to(*args, **kwargs) for k, v in self.params.items()}
+        net = self.net.to(next(iter(params.values())).device, next(iter(params.values())).dtype)
+        return Functions(net, params)
+
+    def detach(self) -> "Functions":
+        return Functions(self.net, {k: v.detach() for k, v in self.params.items()})
+
+    def query(self, coords: torch.Tensor, derivatives: Iterable[str] | str = ("value",),
+              chunk: int | None = None) -> Query:
+        """Values and derivatives at continuous coordinates.
+
+        Args:
+            coords: ``(N, 2)`` points in ``[-1, 1]`` shared by all functions, or ``(B, N, 2)``. Points outside
+                ``[-1, 1]`` are allowed: the function extrapolates there.
+            derivatives: any of ``"value"``, ``"gradient"``, ``"laplacian"``.
+            chunk: evaluate at most this many points per function at once (bounded memory).
+        Returns:
+            :class:`Query` with value ``(B, N, C)``, gradient ``(B, N, C, 2)``, laplacian ``(B, N, C)``.
+        """
+        coords = check_coords(coords, batch=self.batch_size).to(self.device, self.dtype)
+        n = coords.shape[-2]
+        if chunk is None or n <= chunk:
+            return query_params(self.net, self.params, coords, derivatives)
+        parts = [query_params(self.net, self.params, coords[..., i:i + chunk, :], derivatives)
+                 for i in range(0, n, chunk)]
+        return parts[0].map(lambda name, _: torch.cat([getattr(p, name) for p in parts], dim=1))
+
+    @torch.no_grad()
+    def render(self, h: int, w: int, chunk: int = 65536) -> torch.Tensor:
+        """Render every function on an ``h x w`` pixel grid, at any resolution.
+
+        Returns:
+            ``(B, C, h, w)`` images clamped to ``[0, 1]``.
+        """
+        return self.render_derivatives(h, w, ("value",), chunk=chunk).value.clamp(0, 1)
+
+    @torch.no_grad()
+    def render_derivatives(self, h: int, w: int, derivatives: Iterable[str] | str = DERIVATIVES,
+                           chunk: int = 16384) -> Query:
+        """Values and derivatives on an ``h x w`` grid, laid out as images, in bounded memory.
+
+        Returns:
+            :class:`Query` with value ``(B, C, h, w)`` (not clamped), gradient ``(B, C, h, w, 2)``,
+            laplacian ``(B, C, h, w)``.
+        """
+        q = self.query(grid(h, w, device=self.device, dtype=self.dtype), derivatives, chunk=chunk)
+        b, c = self.batch_size, self.channels
+
+        def to_image(name, t):
+            t = t.reshape(b, h, w, c, *t.shape[3:])
+            return t.permute(0, 3, 1, 2, *range(4, t.dim()))
+        return q.map(to_image)
+
+    def save(self, path) -> None:
+        """Save to ``path`` (a ``.safetensors`` file holding the weights and a JSON config), atomically."""
+        from .io import save_functions
+        save_functions(self, path)
