@@ -10,6 +10,7 @@ to the ``[-1, 1]`` coordinates. :func:`gradient_per_pixel` and :func:`laplacian_
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, fields
 from typing import Iterable
 
@@ -79,7 +80,7 @@ def query_params(net: nn.Module, params: Params, coords: torch.Tensor,
     derivatives = _check_derivatives(derivatives)
     shapes = param_shapes(net)
     b = batch_size_of(params, net)
-    coords = check_coords(coords, batch=b)
+    coords = check_coords(coords, batch=b).contiguous()  # jvp rejects overlapping memory (expanded coords)
     pdims = {k: (0 if v.dim() > len(shapes[k]) else None) for k, v in params.items()}
     cdim = 0 if coords.dim() == 3 else None
     if cdim is None and all(d is None for d in pdims.values()):
@@ -90,7 +91,10 @@ def query_params(net: nn.Module, params: Params, coords: torch.Tensor,
         out = _raw_derivatives(lambda y: functional_call(net, p, (y,)), x, derivatives)
         return tuple(t for t in out if t is not None)  # vmap returns tensors only
 
-    outs = iter(vmap(one, in_dims=(pdims, cdim))(params, coords))
+    with warnings.catch_warnings():
+        # torch 2.14 warns about torch.jit.script from inside its own forward-AD setup; nothing for users to act on.
+        warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+        outs = iter(vmap(one, in_dims=(pdims, cdim))(params, coords))
     value = next(outs)
     gradient = next(outs) if "gradient" in derivatives or "laplacian" in derivatives else None
     laplacian = next(outs) if "laplacian" in derivatives else None

@@ -1,0 +1,13 @@
+"""Download MNIST into ROOT/MNIST/raw (torchvision's layout) for `--data mnist:ROOT`.
+
+    python datasets/mnist.py data/           # ~12 MB download, then: inrprior train --data mnist:data/ ...
+"""
+from _common import check, parser
+
+if __name__ == "__main__":
+    args = parser(__doc__.splitlines()[0]).parse_args()
+    from torchvision.datasets import MNIST
+
+    for train in (True, False):
+        MNIST(str(args.root), train=train, download=True)
+    check(f"mnist:{args.root}")

@@ -1,0 +1,234 @@
+"""Image inpainting from a few known pixels (the SIREN paper's hypernetwork table), on held-out images.
+
+Trains a :class:`~inrprior.HyperPrior` (and a :class:`~inrprior.MetaPrior` where ``inrprior.meta`` exists) on the
+training split for a fixed wall-clock budget each, then reconstructs every held-out image from 10, 100, 1000 (where the
+image has them) and all of its pixels, and scores the whole image: mean squared error on the [0, 1] scale over all
+pixels of all held-out images, and PSNR = 10 log10(1 / MSE) of that pooled MSE. Methods:
+
+- the per-pixel mean of the training images (ignores the context: the floor to beat);
+- HyperPrior, one encoder + hypernetwork pass;
+- HyperPrior + ``--refine-steps`` test-time steps on the context pixels;
+- MetaPrior ``adapt_context`` with ``--refine-steps`` inner steps.
+
+The same context pixels (one fixed draw) are used by every method. The HyperPrior's one-pass score on as many
+training images is reported too (how much it memorizes). Output (``--out``, default ``runs/inpainting``):
+``results.json``, ``psnr_vs_context.png``, ``inpainting.png``, one training folder per prior (``hyper/``, ``meta/``
+with ``prior.safetensors``, which ``experiments/samples.py --from`` reuses).
+
+    python experiments/inpainting.py                 # faces 32x32, 15 minutes of training per prior
+    python experiments/inpainting.py --quick         # 2 minutes per prior, for a smoke run
+    python experiments/inpainting.py --cost          # only: parameters, steps/s, peak memory at a 3x256 SIREN
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import inrprior as ip
+from inrprior import data as ipdata
+from inrprior.hyper import HyperPrior
+from inrprior.train import train as train_prior
+
+HYPER = {"output": "weights", "train_refine_steps": 3}  # overridden by --hyper JSON
+META = {"meta_sgd": True}  # MetaPrior settings, overridden by --meta JSON
+
+
+def train_for(prior, train, minutes: float, out: Path, steps: int | None, batch: int, lr: float, chunk: int = 50,
+              grad_clip: float | None = None, progress: bool = False) -> dict:
+    """Train with ``inrprior.train`` for ``steps`` steps, or for about ``minutes`` of wall clock: in chunks of
+    ``chunk`` steps resumed from the checkpoint (exact), stopping at the first chunk boundary past the budget."""
+    start, done = time.perf_counter(), 0
+    while True:
+        target = steps if steps is not None else done + chunk
+        train_prior(prior, train, target, out, batch_size=batch, lr=lr, checkpoint_every=chunk, resume=done > 0,
+                    density=None, progress=progress, grad_clip=grad_clip, device="cpu")
+        done = target
+        if steps is not None or time.perf_counter() - start > 60 * minutes:
+            break
+    seconds = time.perf_counter() - start
+    return {"steps": done, "seconds": seconds, "steps_per_s": done / seconds,
+            "parameters": sum(p.numel() for p in prior.parameters())}
+
+
+def contexts(images: torch.Tensor, sizes, seed: int = 1) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    return {n: ipdata.sample_context(images, n, generator=gen) for n in sizes}
+
+
+def score(render: torch.Tensor, images: torch.Tensor) -> dict[str, float]:
+    mse = float((render - images).double().pow(2).mean())
+    return {"mse": mse, "psnr": 10 * math.log10(1 / max(mse, 1e-20))}
+
+
+def show_context(images, coords, values) -> torch.Tensor:
+    """The known pixels on a gray canvas (for the figure)."""
+    b, c, h, w = images.shape
+    px = ip.coord_to_pixel(coords, h, w).round().long()  # (b, n, 2)
+    canvas = torch.full((b, h * w, c), 0.5)
+    canvas.scatter_(1, (px[..., 1] * w + px[..., 0])[..., None].expand(-1, -1, c), values)
+    return canvas.reshape(b, h, w, c).permute(0, 3, 1, 2)
+
+
+def evaluate(methods: dict, images: torch.Tensor, ctx: dict) -> dict[str, dict[int, dict[str, float]]]:
+    """``methods``: name -> ``(coords, values) -> (B, C, H, W)`` renders; scores at every context size."""
+    return {name: {n: score(fn(*cv), images) for n, cv in ctx.items()} for name, fn in methods.items()}
+
+
+def prior_methods(name: str, prior, h: int, w: int, steps: int) -> dict:
+    def run(k):
+        return lambda c, v: prior.adapt_context(c, v, steps=k).render(h, w)
+    if isinstance(prior, HyperPrior):
+        return {f"{name} one pass": run(0), f"{name} +{steps} steps": run(steps)}
+    return {f"{name} {steps} steps": run(steps)}
+
+
+def cost(hidden: int = 256, layers: int = 3, batch: int = 16, size: int = 32, steps: int = 5) -> dict:
+    """Parameters, training steps/s and peak memory of both output modes, each in a fresh process."""
+    out = {}
+    for mode in ("weights", "shift"):
+        code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import inpainting as e; "
+                f"e._cost_child({mode!r}, {hidden}, {layers}, {batch}, {size}, {steps})")
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        out[mode] = json.loads(res.stdout.strip().splitlines()[-1])
+    return out
+
+
+def _cost_child(mode, hidden, layers, batch, size, steps):
+    torch.manual_seed(0)
+    prior = HyperPrior(ip.Siren(2, 3, hidden, layers), output=mode, train_refine_steps=0)
+    images, g = torch.rand(batch, 3, size, size), torch.Generator().manual_seed(0)
+    opt = torch.optim.Adam(prior.parameters(), 1e-4)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    for _ in range(steps + 1):
+        t = time.perf_counter()
+        loss, _ = prior(images, g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"parameters": sum(p.numel() for p in prior.parameters()),
+                      "hypernetwork_outputs": sum(h.out_features for h in prior.hyper.heads),
+                      "steps_per_s": steps / sum(times[1:]), "peak_rss_mb": peak / 1024,
+                      "rss_before_first_step_mb": base / 1024}))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="faces")
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--siren", default="3x64", help="hidden layers x width of the SIREN")
+    p.add_argument("--minutes", type=float, default=15.0, help="training wall clock per prior")
+    p.add_argument("--steps", type=int, default=None, help="train exactly this many steps instead")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=3e-4, help="HyperPrior Adam step size")
+    p.add_argument("--meta-lr", type=float, default=5e-5, help="MetaPrior outer Adam step size")
+    p.add_argument("--hyper", default="{}", help=f"JSON HyperPrior settings over {HYPER}")
+    p.add_argument("--meta", default="{}", help=f"JSON MetaPrior settings over {META}")
+    p.add_argument("--no-meta", action="store_true")
+    p.add_argument("--refine-steps", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (1 is faster on a busy machine)")
+    p.add_argument("--out", default="runs/inpainting")
+    p.add_argument("--quick", action="store_true", help="2 minutes of training per prior")
+    p.add_argument("--cost", action="store_true", help="only measure the 3x256 cost of both output modes")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if a.cost:
+        res = cost()
+        (out / "cost.json").write_text(json.dumps(res, indent=1))
+        for mode, r in res.items():
+            print(f"3x256 SIREN, output={mode}: {r['parameters'] / 1e6:.2f} M parameters, "
+                  f"{r['steps_per_s']:.2f} steps/s (batch 16, 32x32 RGB), peak RSS {r['peak_rss_mb']:.0f} MB")
+        return res
+    if a.quick:
+        a.minutes = min(a.minutes, 2.0)
+    layers, width = map(int, a.siren.split("x"))
+    train, test = ipdata.stack(ipdata.load(a.data, a.size, "train")), ipdata.stack(ipdata.load(a.data, a.size, "test"))
+    c, h, w = train.shape[1:]
+    sizes = sorted({n for n in (10, 100, 1000) if n < h * w} | {h * w})
+    ctx, train_ctx = contexts(test, sizes), contexts(train[:len(test)], sizes)
+    results = {"config": vars(a), "train_images": len(train), "test_images": len(test), "sizes": sizes, "train": {}}
+    print(f"{a.data} {h}x{w}: {len(train)} train / {len(test)} test images; SIREN {a.siren}; "
+          f"torch threads {torch.get_num_threads()}")
+
+    mean = train.mean(0, keepdim=True).expand_as(test)
+    methods = {"mean image": lambda cc, vv: mean}
+    torch.manual_seed(0)
+    hyper = HyperPrior(ip.Siren(2, c, width, layers), **{**HYPER, **json.loads(a.hyper)})
+    results["train"]["hyper"] = train_for(hyper, train, a.minutes, out / "hyper", a.steps, a.batch, a.lr)
+    hyper.fit_density(train, kind="gmm")
+    hyper.save(out / "hyper" / "prior.safetensors")
+    methods.update(prior_methods("hyper", hyper, h, w, a.refine_steps))
+    meta = None
+    if not a.no_meta:
+        try:
+            from inrprior.meta import MetaPrior
+        except ImportError:
+            print("inrprior.meta not available: no MetaPrior row")
+        else:
+            torch.manual_seed(0)
+            meta = MetaPrior(ip.Siren(2, c, width, layers), inner_steps=a.refine_steps,
+                             **{**META, **json.loads(a.meta)})
+            results["train"]["meta"] = train_for(meta, train, a.minutes, out / "meta", a.steps, a.batch, a.meta_lr)
+            meta.save(out / "meta" / "prior.safetensors")
+            methods.update(prior_methods("meta", meta, h, w, a.refine_steps))
+    for name, r in results["train"].items():
+        print(f"trained {name}: {r['steps']} steps in {r['seconds']:.0f} s ({r['steps_per_s']:.2f} steps/s), "
+              f"{r['parameters'] / 1e6:.2f} M parameters")
+    results["test"] = evaluate(methods, test, ctx)
+    results["train_images_one_pass"] = evaluate({"hyper one pass": methods["hyper one pass"]}, train[:len(test)],
+                                                train_ctx)["hyper one pass"]
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    table(results)
+    figures(out, results, methods, test, ctx, a)
+    print(f"wrote {out / 'results.json'}, {out / 'psnr_vs_context.png'}, {out / 'inpainting.png'}")
+    return results
+
+
+def table(results: dict) -> None:
+    sizes = results["sizes"]
+    head = f"{'held-out MSE (PSNR dB)':26s}" + "".join(f"{str(n) + ' px':>17s}" for n in sizes)
+    print(head + "\n" + "-" * len(head))
+    rows = {**results["test"], "hyper one pass, TRAIN imgs": results["train_images_one_pass"]}
+    for name, r in rows.items():
+        print(f"{name:26s}" + "".join(f"{r[n]['mse']:9.5f} ({r[n]['psnr']:4.1f})" for n in sizes))
+
+
+def figures(out: Path, results: dict, methods: dict, test, ctx, a) -> None:
+    from inrprior.plots import image_grid, plot_curves
+
+    sizes = results["sizes"]
+    plot_curves({name: (sizes, [r[n]["psnr"] for n in sizes]) for name, r in results["test"].items()},
+                out / "psnr_vs_context.png", "known pixels", "held-out PSNR (dB)", logx=True,
+                title=f"{a.data} {a.size}x{a.size}: inpainting from known pixels")
+    k = min(4, len(test))
+    rows, titles = [], []
+    for n in sizes:
+        cc, vv = ctx[n][0][:k], ctx[n][1][:k]
+        rows.append(show_context(test[:k], cc, vv))
+        titles.append(f"{n} known")
+        for name, fn in methods.items():
+            if name != "mean image":
+                rows.append(fn(cc, vv))
+                titles.append(name)
+    rows.append(test[:k])
+    titles.append("truth")
+    grid = torch.stack(rows, 1).flatten(0, 1)  # image-major: one row per test image
+    image_grid(grid, out / "inpainting.png", nrow=len(rows), titles=titles * k, cell_inches=1.2,
+               title="held-out images: known pixels, then each method's reconstruction")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,495 @@
+"""HyperPrior: a context encoder and a hypernetwork that map known pixels to SIREN weights, with a Gaussian latent.
+
+Known pixels (coordinates + colours) go through a set encoder (per-point MLP + masked mean pooling, any number of
+points) or a convolutional encoder (the points rasterized into a masked image) to the mean and log-variance of a
+Gaussian latent ``z``. A hypernetwork maps ``z`` to SIREN parameters by the SIREN's own names:
+
+- ``output="weights"``: one linear head per parameter tensor on a shared MLP trunk; every generated tensor is the
+  net's own learned tensor (initialized by Sitzmann's rule) plus an offset ``head(z) * scale``. ``scale`` is the
+  tensor's Sitzmann init bound (``1/w0`` for sine-layer biases: one unit of offset is one radian of phase), and the
+  heads' final layers start at ``head_init`` times PyTorch's default, so a fresh prior generates SIRENs close to a
+  Sitzmann initialization.
+- ``output="shift"``: the latent only shifts the sine-layer biases (``b + s``); all weights are shared, so the
+  returned :class:`Functions` hold shared weights and per-function biases (much lighter for large SIRENs).
+
+Training (``forward``) draws a context size log-uniformly between ``min_context`` and all pixels, encodes a random
+context, reconstructs *all* pixels and minimizes ``MSE + beta * KL (+ weight_reg * mean squared offset)``; the
+SIREN paper's weight-norm term is applied to the generated offsets, since the shared base is learned separately.
+Test-time refinement (``steps > 0``) runs Adam from the generated function on the context pixels only, on the
+latent, the sine-layer shifts or all generated parameters (``refine``; see :class:`HyperConfig`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import io as _io
+from .coords import as_image_batch, check_coords, check_finite, coord_to_pixel, image_to_points
+from .functions import Functions, query_params
+from .siren import Params, Siren, param_shapes
+
+__all__ = ["HyperPrior", "HyperConfig"]
+
+
+@dataclass
+class HyperConfig:
+    """Settings of a :class:`HyperPrior` (all JSON-able).
+
+    encoder: "set" (any points) or "conv" (points rasterized onto an ``image_size`` grid with a mask channel).
+    output: "weights" (every SIREN tensor generated) or "shift" (only sine-layer bias shifts).
+    beta: weight of the KL term (per image, summed over latent dims) against the per-value MSE on the [0, 1] scale.
+    hidden: width of the encoder and trunk MLPs; head_width: input width of every per-tensor linear head (the
+        heads hold ``head_width x`` SIREN-parameter-count weights).
+    refine: what refinement steps optimize: "latent", "shift" (sine-layer biases), "params" (all generated tensors)
+        or "auto" ("params" for output="weights", "shift" for output="shift").
+    train_refine_steps: 0: test-time refinement is Adam with step size ``refine_lr``. k > 0: training also takes k
+        SGD steps on the context with learned per-element step sizes (Meta-SGD, initialized at ``refine_lr``) and
+        adds the all-pixel error after them to the loss; test-time refinement then uses those learned steps.
+        ``first_order`` drops the second-order terms of that inner loop.
+    refine_lr: None picks per target: Adam 1e-3 (params), 1e-2 (shift), 1e-1 (latent); learned SGD init 1e-2
+        (params), 1e-1 (shift, latent). refine_steps: default steps of ``adapt`` / ``adapt_context``.
+    """
+    encoder: str = "set"
+    latent_dim: int = 64
+    output: str = "weights"
+    beta: float = 1e-6
+    hidden: int = 128
+    head_width: int = 64
+    encoder_layers: int = 3
+    trunk_layers: int = 2
+    fourier_bands: int = 6
+    min_context: int = 10
+    head_init: float = 0.1
+    weight_reg: float = 0.0
+    refine: str = "auto"
+    refine_lr: float | None = None
+    refine_steps: int = 0
+    train_refine_steps: int = 0
+    first_order: bool = False
+    image_size: int = 32
+    logvar_init: float = -6.0
+
+    def __post_init__(self):
+        choices = dict(encoder=("set", "conv"), output=("weights", "shift"),
+                       refine=("auto", "latent", "shift", "params"))
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("latent_dim", "hidden", "head_width", "encoder_layers", "min_context", "image_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("beta", "weight_reg", "refine_steps", "train_refine_steps", "trunk_layers", "fourier_bands"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.refine_lr is not None and not self.refine_lr > 0:
+            raise ValueError(f"refine_lr must be positive, got {self.refine_lr}")
+
+    @property
+    def refine_target(self) -> str:
+        if self.refine != "auto":
+            return self.refine
+        return "params" if self.output == "weights" else "shift"
+
+    @property
+    def refine_step_size(self) -> float:
+        if self.refine_lr is not None:
+            return float(self.refine_lr)
+        table = ({"params": 1e-2, "shift": 1e-1, "latent": 1e-1} if self.train_refine_steps
+                 else {"params": 1e-3, "shift": 1e-2, "latent": 1e-1})
+        return table[self.refine_target]
+
+
+def _gaussian_head(width: int, latent_dim: int, logvar_init: float) -> nn.Sequential:
+    """MLP to (mean, log-variance); the log-variance starts at ``logvar_init`` so early training is not drowned
+    in posterior noise (with a small beta the latent would otherwise be ignored for hundreds of steps)."""
+    head = _mlp([width, width, 2 * latent_dim], last_relu=False)
+    with torch.no_grad():
+        head[-1].weight[latent_dim:].mul_(0.1)
+        head[-1].bias[latent_dim:].fill_(logvar_init)
+    return head
+
+
+def _mlp(widths: list[int], last_relu: bool = True) -> nn.Sequential:
+    layers = []
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(nn.Linear(a, b))
+        if last_relu or i < len(widths) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class SetEncoder(nn.Module):
+    """Per-point MLP on (coords, Fourier features, values in [-1, 1]), masked mean pooling, then an MLP."""
+
+    def __init__(self, channels: int, cfg: HyperConfig):
+        super().__init__()
+        self.register_buffer("freqs", math.pi * 2.0 ** torch.arange(cfg.fourier_bands, dtype=torch.float32),
+                             persistent=False)
+        d_in = 2 + channels + 4 * cfg.fourier_bands
+        self.point = _mlp([d_in] + [cfg.hidden] * cfg.encoder_layers)
+        self.rho = _gaussian_head(cfg.hidden, cfg.latent_dim, cfg.logvar_init)
+
+    def forward(self, coords, values, mask=None, size=None):
+        ang = (coords[..., None] * self.freqs).flatten(-2)  # (b, n, 2 * bands)
+        h = self.point(torch.cat([coords, 2 * values - 1, ang.sin(), ang.cos()], -1))  # (b, n, hidden)
+        if mask is None:
+            pooled = h.mean(1)
+        else:
+            m = mask[..., None].to(h.dtype)
+            pooled = (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return self.rho(pooled).chunk(2, dim=-1)
+
+
+class ConvEncoder(nn.Module):
+    """Points rasterized into a masked image ``(values in [-1, 1] * mask, mask)``, strided convs, global pooling."""
+
+    def __init__(self, channels: int, cfg: HyperConfig):
+        super().__init__()
+        widths = [channels + 1, 32, 64, 128, cfg.hidden]
+        convs = []
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+            convs += [nn.Conv2d(a, b, 3, stride=1 if i == 0 else 2, padding=1), nn.ReLU()]
+        self.convs = nn.Sequential(*convs)
+        self.rho = _gaussian_head(cfg.hidden, cfg.latent_dim, cfg.logvar_init)
+        self.size = cfg.image_size
+
+    def forward(self, coords, values, mask=None, size=None):
+        b, n, c = values.shape
+        h, w = size or (self.size, self.size)
+        px = coord_to_pixel(coords, h, w).round().long()  # (b, n, 2)
+        inside = (px[..., 0] >= 0) & (px[..., 0] < w) & (px[..., 1] >= 0) & (px[..., 1] < h)
+        keep = inside if mask is None else inside & mask.bool()
+        idx = (px[..., 1].clamp(0, h - 1) * w + px[..., 0].clamp(0, w - 1))  # (b, n)
+        k = keep[..., None].to(values.dtype)
+        sums = values.new_zeros(b, h * w, c + 1).scatter_add(
+            1, idx[..., None].expand(-1, -1, c + 1), torch.cat([(2 * values - 1) * k, k], -1))  # (b, h*w, c+1)
+        count = sums[..., c:]
+        canvas = torch.cat([sums[..., :c] / count.clamp_min(1.0), count.clamp_max(1.0)], -1)  # mean value, mask
+        x = canvas.reshape(b, h, w, c + 1).permute(0, 3, 1, 2)
+        return self.rho(self.convs(x).mean((2, 3))).chunk(2, dim=-1)
+
+
+class HyperNet(nn.Module):
+    """Latent ``(b, d)`` -> offsets ``{name: (b, *shape)}`` for the SIREN tensors it generates, one head each."""
+
+    def __init__(self, net: Siren, cfg: HyperConfig):
+        super().__init__()
+        shapes = param_shapes(net)
+        sines = set(net.sine_layer_names())
+        self.names = [k for k in shapes if cfg.output == "weights" or k in sines]
+        self.shapes = {k: tuple(shapes[k]) for k in self.names}
+        self.trunk = _mlp([cfg.latent_dim] + [cfg.hidden] * cfg.trunk_layers + [cfg.head_width])
+        self.heads = nn.ModuleList(nn.Linear(cfg.head_width, math.prod(self.shapes[k])) for k in self.names)
+        with torch.no_grad():
+            for head in self.heads:
+                head.weight.mul_(cfg.head_init)
+                head.bias.zero_()
+        for i, k in enumerate(self.names):
+            fan_in = shapes[k.replace("bias", "weight")][1]
+            bound = 1.0 / fan_in if k == "layers.0.weight" else math.sqrt(6.0 / fan_in) / net.w0
+            self.register_buffer(f"scale{i}", torch.tensor(1.0 / net.w0 if k in sines else bound),
+                                 persistent=False)
+
+    def forward(self, z: torch.Tensor) -> Params:
+        t = self.trunk(z)  # (b, head_width)
+        return {k: head(t).view(-1, *self.shapes[k]) * getattr(self, f"scale{i}")
+                for i, (k, head) in enumerate(zip(self.names, self.heads))}
+
+
+def _shard(generator, b: int) -> tuple[int, int]:
+    """(global batch, this process's first row): per-image draws cover the global batch so DDP ranks agree.
+
+    The training loop's generator says where this process's rows are (``generator.shard``, see
+    :func:`inrprior.train.per_image`); without it, torch.distributed's rank and world size are used.
+    """
+    shard = getattr(generator, "shard", None)
+    if shard is not None:
+        start, stop, total = shard
+        if stop - start != b:
+            raise ValueError(f"generator shard {start}:{stop} does not match the batch of {b} images")
+        return total, start
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return b * torch.distributed.get_world_size(), b * torch.distributed.get_rank()
+    return b, 0
+
+
+class HyperPrior(nn.Module):
+    """A generative hypernetwork prior over SIRENs (see the module docstring).
+
+    Args:
+        net: the SIREN architecture; its own parameters are the learned base the hypernetwork offsets.
+        config: a :class:`HyperConfig`; keyword arguments override its fields (``HyperPrior(net, output="shift")``).
+    """
+
+    def __init__(self, net: Siren, config: HyperConfig | None = None, **overrides):
+        super().__init__()
+        if not isinstance(net, Siren):
+            raise TypeError(f"net must be a Siren, got {type(net).__name__}")
+        self.net = net
+        self.cfg = replace(config or HyperConfig(), **overrides)
+        enc = SetEncoder if self.cfg.encoder == "set" else ConvEncoder
+        self.encoder = enc(net.out_features, self.cfg)
+        self.hyper = HyperNet(net, self.cfg)
+        self.density = None  # None: N(0, I); else a fitted density from inrprior.density
+        if self.cfg.train_refine_steps:  # Meta-SGD: one learned (raw, as in Li et al. 2017) step size per element
+            shapes = param_shapes(net)
+            keys = {"latent": ["z"], "shift": net.sine_layer_names(), "params": list(shapes)}[self.cfg.refine_target]
+            self.step_size = nn.ParameterDict({k.replace(".", "_"): nn.Parameter(torch.full(
+                (self.cfg.latent_dim,) if k == "z" else tuple(shapes[k]), self.cfg.refine_step_size)) for k in keys})
+
+    @property
+    def config(self) -> dict:
+        return {"kind": "hyper", "siren": dict(self.net.config), "hyper": asdict(self.cfg)}
+
+    # -- building blocks ------------------------------------------------------------------------------------------
+    def encode(self, coords: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None = None,
+               size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance ``(b, latent_dim)`` of the latent given context points ``(b, n, 2)``, ``(b, n, C)``
+        (``mask (b, n)``: 1 for real points, 0 for padding; ``size``: the grid the conv encoder rasterizes onto)."""
+        return self.encoder(coords, values, mask, size)
+
+    def generate(self, z: torch.Tensor) -> Params:
+        """SIREN parameters for latents ``z (b, latent_dim)``; shift mode leaves the shared weights unbatched."""
+        offsets = self.hyper(z)
+        return {k: (v + offsets[k] if k in offsets else v) for k, v in self.net.named_parameters()}
+
+    def _draw(self, kind: str, shape: tuple[int, ...], generator, device) -> torch.Tensor:
+        """Per-image random numbers ``shape = (b, ...)``, drawn on the generator's device for the global batch."""
+        total, offset = _shard(generator, shape[0])
+        gdev = generator.device if generator is not None else device
+        fn = torch.rand if kind == "rand" else torch.randn
+        return fn((total, *shape[1:]), generator=generator, device=gdev)[offset:offset + shape[0]].to(device)
+
+    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None):
+        """Training objective on ``(B, C, H, W)`` images in [0, 1]: reconstruct all pixels from a random context.
+
+        Returns:
+            ``(loss, metrics)`` with metrics ``loss, mse, psnr, kl, context`` as floats.
+        """
+        if images.dim() != 4 or images.shape[1] != self.net.out_features:
+            raise ValueError(f"images must be (B, {self.net.out_features}, H, W), got {tuple(images.shape)}")
+        b, c, h, w = images.shape
+        coords, values = image_to_points(images)  # (P, 2), (b, P, c)
+        p = h * w
+        lo = min(self.cfg.min_context, p)
+        u = torch.rand((), generator=generator, device=generator.device if generator is not None else "cpu")
+        n = int(round(math.exp(math.log(lo) + float(u) * (math.log(p) - math.log(lo)))))
+        idx = self._draw("rand", (b, p), generator, images.device).argsort(-1)[:, :n]  # (b, n)
+        ctx_values = values.gather(1, idx[..., None].expand(-1, -1, c))
+        mu, logvar = self.encode(coords[idx], ctx_values, size=(h, w))
+        z = mu + (0.5 * logvar).exp() * self._draw("randn", tuple(mu.shape), generator, images.device)
+        offsets = self.hyper(z)
+        params = {k: (v + offsets[k] if k in offsets else v) for k, v in self.net.named_parameters()}
+        mse = ((query_params(self.net, params, coords).value - values) ** 2).mean()
+        kl = 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).sum(-1).mean()
+        loss = mse + self.cfg.beta * kl
+        metrics = {"mse": float(mse.detach())}
+        if self.cfg.train_refine_steps:
+            free, build = self._free(z, params)
+            ones = ctx_values.new_ones(b, n)
+            refined = self._sgd(free, build, coords[idx], ctx_values, ones, self.cfg.train_refine_steps,
+                                create_graph=not self.cfg.first_order)
+            mse_refined = ((query_params(self.net, refined, coords).value - values) ** 2).mean()
+            loss = loss + mse_refined
+            metrics["mse_refined"] = float(mse_refined.detach())
+        if self.cfg.weight_reg:
+            loss = loss + self.cfg.weight_reg * torch.cat([o.flatten(1) for o in offsets.values()], 1).pow(2).mean()
+        return loss, {"loss": float(loss.detach()), **metrics, "psnr": -10 * math.log10(max(metrics["mse"], 1e-12)),
+                      "kl": float(kl.detach()), "context": float(n)}
+
+    # -- fast fitting ---------------------------------------------------------------------------------------------
+    def adapt_context(self, coords: torch.Tensor, values: torch.Tensor, steps: int | None = None,
+                      mask: torch.Tensor | None = None, size: tuple[int, int] | None = None) -> Functions:
+        """Functions from known pixels: one encoder + hypernetwork pass (latent mean), then optional refinement.
+
+        Args:
+            coords: ``(B, N, 2)`` context coordinates in [-1, 1] (or ``(N, 2)`` shared by all B).
+            values: ``(B, N, C)`` context colours in [0, 1].
+            steps: Adam refinement steps on the context pixels (None: ``refine_steps`` of the config).
+            mask: optional ``(B, N)``: 1 for real points, 0 for padding (lets images have different N).
+            size: ``(H, W)`` grid the conv encoder rasterizes onto (default ``image_size``).
+        Returns:
+            :class:`Functions` of ``B`` functions (detached).
+        """
+        coords, values, mask = self._check_context(coords, values, mask)
+        steps = self.cfg.refine_steps if steps is None else int(steps)
+        if steps < 0:
+            raise ValueError(f"steps must be >= 0, got {steps}")
+        with torch.no_grad():
+            z, _ = self.encode(coords, values, mask, size)
+        params = self._refine(z, coords, values, mask, steps) if steps else self._generate_detached(z)
+        return Functions(self.net, params)
+
+    def adapt(self, images, steps: int | None = None) -> Functions:
+        """Functions for whole ``(B, C, H, W)`` (or ``(C, H, W)``) images in [0, 1], every pixel as context."""
+        images, _ = as_image_batch(images, "images")
+        images = images.to(self._device, self._dtype)
+        b, c, h, w = images.shape
+        coords, values = image_to_points(images)
+        return self.adapt_context(coords.expand(b, -1, -1), values, steps, size=(h, w))
+
+    @property
+    def _device(self):
+        return next(self.parameters()).device
+
+    @property
+    def _dtype(self):
+        return next(self.parameters()).dtype
+
+    def _check_context(self, coords, values, mask):
+        if not isinstance(values, torch.Tensor):
+            raise TypeError(f"values must be a tensor, got {type(values).__name__}")
+        c = self.net.out_features
+        if values.dim() != 3 or values.shape[-1] != c:
+            raise ValueError(f"values must have shape (B, N, {c}), got {tuple(values.shape)}")
+        b, n, _ = values.shape
+        if n < 1:
+            raise ValueError("need at least 1 context pixel, got 0")
+        coords = check_coords(coords, batch=b)
+        if coords.dim() == 2:
+            coords = coords.expand(b, -1, -1)
+        if coords.shape[1] != n:
+            raise ValueError(f"coords have {coords.shape[1]} points but values have {n}")
+        check_finite(values, "values")
+        if mask is not None:
+            if tuple(mask.shape) != (b, n):
+                raise ValueError(f"mask must have shape ({b}, {n}), got {tuple(mask.shape)}")
+            if (mask.sum(1) < 1).any():
+                raise ValueError("need at least 1 context pixel per image; a mask row is all zeros")
+            mask = mask.to(self._device, self._dtype)
+        return coords.to(self._device, self._dtype), values.to(self._device, self._dtype), mask
+
+    @torch.no_grad()
+    def _generate_detached(self, z: torch.Tensor) -> Params:
+        return {k: v.detach() for k, v in self.generate(z).items()}
+
+    def _free(self, z: torch.Tensor, params: Params):
+        """The tensors refinement changes (``refine_target``) and how to rebuild the parameters from them."""
+        if self.cfg.refine_target == "latent":
+            return {"z": z}, lambda free: self.generate(free["z"])
+        shapes = param_shapes(self.net)
+        keys = self.net.sine_layer_names() if self.cfg.refine_target == "shift" else list(params)
+        free = {k: params[k].expand(z.shape[0], *shapes[k]) for k in keys}  # shared tensors get a batch dim
+        return free, lambda free: {**params, **free}
+
+    def _context_loss(self, params: Params, coords, values, weight) -> torch.Tensor:
+        err = ((query_params(self.net, params, coords).value - values) ** 2).mean(-1)  # (b, n)
+        # per-function mean errors, summed: each function's steps do not depend on the others in the batch
+        return ((err * weight).sum(1) / weight.sum(1)).sum()
+
+    def _sgd(self, free, build, coords, values, weight, steps: int, create_graph: bool) -> Params:
+        """``steps`` SGD steps with the learned per-element step sizes (differentiable when ``create_graph``)."""
+        for _ in range(steps):
+            loss = self._context_loss(build(free), coords, values, weight)
+            grads = torch.autograd.grad(loss, list(free.values()), create_graph=create_graph)
+            free = {k: v - self.step_size[k.replace(".", "_")] * g for (k, v), g in zip(free.items(), grads)}
+        return build(free)
+
+    def _refine(self, z, coords, values, mask, steps: int) -> Params:
+        """Refine from the generated function on the context; the prior itself is not changed."""
+        weight = mask if mask is not None else values.new_ones(values.shape[:2])
+        with torch.enable_grad():
+            base = self._generate_detached(z)
+            free, build = self._free(z.detach(), base)
+            free = {k: v.detach().clone().requires_grad_(True) for k, v in free.items()}
+            if self.cfg.train_refine_steps:
+                return {k: v.detach() for k, v in self._sgd(free, build, coords, values, weight, steps,
+                                                              create_graph=False).items()}
+            opt = torch.optim.Adam(list(free.values()), lr=self.cfg.refine_step_size)
+            for _ in range(steps):
+                loss = self._context_loss(build(free), coords, values, weight)
+                for v, g in zip(free.values(), torch.autograd.grad(loss, list(free.values()))):
+                    v.grad = g
+                opt.step()
+            return {k: v.detach() for k, v in build(free).items()}
+
+    # -- generation -----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Functions:
+        """``n`` new functions: latents from N(0, I), or from the density fitted by :meth:`fit_density`."""
+        if int(n) < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        if self.density is None:
+            gdev = generator.device if generator is not None else self._device
+            z = torch.randn(int(n), self.cfg.latent_dim, generator=generator, device=gdev)
+        else:
+            z = self.density.sample(int(n), generator=generator)
+        return Functions(self.net, self._generate_detached(z.to(self._device, self._dtype)))
+
+    @torch.no_grad()
+    def latents(self, images, batch_size: int = 64) -> torch.Tensor:
+        """Latent means ``(M, latent_dim)`` of ``(M, C, H, W)`` images, every pixel as context."""
+        images, _ = as_image_batch(images, "images")
+        out = []
+        for i in range(0, images.shape[0], batch_size):
+            chunk = images[i:i + batch_size].to(self._device, self._dtype)
+            coords, values = image_to_points(chunk)
+            out.append(self.encode(coords.expand(chunk.shape[0], -1, -1), values, size=chunk.shape[-2:])[0])
+        return torch.cat(out)
+
+    def fit_density(self, images, kind: str = "gaussian", **kwargs):
+        """Fit the sampling density to the latents of training images; ``kind="standard"`` goes back to N(0, I).
+
+        Args:
+            images: ``(M, C, H, W)`` images in [0, 1].
+            kind: "gaussian" | "gmm" | "pca" (see :func:`inrprior.density.make_density`) or "standard".
+            kwargs: passed to the density (e.g. ``components=10``).
+        Returns:
+            The fitted density (None for "standard").
+        """
+        if kind == "standard":
+            self.density = None
+            return None
+        from .density import make_density
+        density = make_density(kind, **kwargs)
+        density.fit(self.latents(images).cpu())
+        self.density = density
+        return density
+
+    @torch.no_grad()
+    def interpolate(self, image_a, image_b, n: int = 8) -> Functions:
+        """``n`` functions along the straight line between the latent means of two images (ends included)."""
+        if int(n) < 2:
+            raise ValueError(f"n must be >= 2 to include both ends, got {n}")
+        za, zb = self.latents(image_a), self.latents(image_b)
+        if za.shape[0] != 1 or zb.shape[0] != 1:
+            raise ValueError("interpolate takes one image at each end")
+        t = torch.linspace(0, 1, int(n), device=za.device, dtype=za.dtype)[:, None]
+        return Functions(self.net, self._generate_detached((1 - t) * za + t * zb))
+
+    # -- saving ---------------------------------------------------------------------------------------------------
+    def to_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors = {f"model.{k}": v for k, v in self.state_dict().items()}
+        config = self.config
+        if self.density is not None:
+            dt, dc = self.density.to_state()
+            tensors.update({f"density.{k}": v for k, v in dt.items()})
+            config["density"] = dc
+        return tensors, config
+
+    @classmethod
+    def from_state(cls, tensors: dict[str, torch.Tensor], config: dict) -> "HyperPrior":
+        try:
+            net = Siren(**config["siren"])
+            prior = cls(net, HyperConfig(**config["hyper"]))
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"not a valid HyperPrior config: {e}") from None
+        model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        dtype = next(iter(model.values())).dtype
+        prior.to(dtype).load_state_dict(model)
+        if config.get("density") is not None:
+            from .density import density_from_state
+            prior.density = density_from_state({k[len("density."):]: v for k, v in tensors.items()
+                                                if k.startswith("density.")}, config["density"])
+        return prior
+
+    def save(self, path):
+        """Save to ``path`` (one .safetensors file); load with ``inrprior.io.load_prior``."""
+        return _io.save_prior(self, path)
+
+
+_io.register_prior("hyper", HyperPrior)

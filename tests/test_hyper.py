@@ -1,0 +1,235 @@
+"""HyperPrior: shapes by the SIREN's own names, set-encoder invariances, shift mode, training, refinement, sampling,
+saving, and errors. Tiny sizes: 2x16 SIRENs, 8x8 images."""
+import math
+
+import pytest
+import torch
+
+from inrprior import io
+from inrprior.coords import image_to_points
+from inrprior.functions import Functions
+from inrprior.hyper import HyperConfig, HyperPrior
+from inrprior.siren import Siren, param_shapes
+from inrprior.train import ShardedGenerator
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # tiny tensors: thread start-up and contention cost more than they save on a shared CPU
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+SMALL = dict(hidden=32, latent_dim=8, head_width=8, encoder_layers=2, fourier_bands=3, image_size=8, min_context=4)
+
+
+def make(output="weights", encoder="set", channels=1, seed=0, **kw):
+    torch.manual_seed(seed)
+    return HyperPrior(Siren(2, channels, 16, 2), **{**SMALL, "output": output, "encoder": encoder, **kw})
+
+
+def images(b=4, c=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ys, xs = torch.meshgrid(torch.linspace(0, 1, 8), torch.linspace(0, 1, 8), indexing="ij")
+    a = torch.rand(b, c, 1, 1, generator=g)
+    return (0.5 + 0.4 * torch.sin(3 * (xs * a + ys * (1 - a)) + 6 * a)).clamp(0, 1)  # smooth, per-image varying
+
+
+def context(x, n, seed=0):
+    coords, values = image_to_points(x)
+    idx = torch.rand(x.shape[0], coords.shape[0], generator=torch.Generator().manual_seed(seed)).argsort(1)[:, :n]
+    return coords[idx], values.gather(1, idx[..., None].expand(-1, -1, x.shape[1]))
+
+
+def context_mse(f, coords, values):
+    return float(((f.query(coords).value - values) ** 2).mean())
+
+
+@pytest.mark.parametrize("output", ["weights", "shift"])
+def test_generated_params_use_the_siren_names_and_shapes(output):
+    prior = make(output)
+    shapes = param_shapes(prior.net)
+    params = prior.generate(torch.randn(3, 8))
+    assert set(params) == set(shapes)
+    for k, shape in shapes.items():
+        batched = output == "weights" or k in prior.net.sine_layer_names()
+        assert tuple(params[k].shape) == ((3, *shape) if batched else tuple(shape)), k
+    # a fresh prior generates SIRENs near the learned (Sitzmann-initialized) base: small offsets
+    k = "layers.1.weight" if output == "weights" else "layers.1.bias"
+    base = dict(prior.net.named_parameters())[k].detach()
+    offset = (params[k] - base).detach()
+    assert 0 < float(offset.abs().max()) < (float(base.abs().max()) if output == "weights" else 0.5 / prior.net.w0)
+
+
+def test_shift_mode_shares_weights_and_only_biases_differ():
+    prior = make("shift")
+    f = prior.adapt(images(3))
+    assert len(f) == 3
+    for k, v in f.params.items():
+        if k in prior.net.sine_layer_names():
+            assert v.shape[0] == 3 and not torch.equal(v[0], v[1])
+        else:
+            assert torch.equal(v, dict(prior.net.named_parameters())[k].detach())
+    assert len(prior.hyper.heads) == len(prior.net.sine_layer_names())
+
+
+def test_set_encoder_is_order_invariant_and_masked_pooling_ignores_padding():
+    prior = make()
+    coords, values = context(images(2), 10)
+    mu, logvar = prior.encode(coords, values)
+    perm = torch.randperm(10, generator=torch.Generator().manual_seed(3))
+    mu_p, logvar_p = prior.encode(coords[:, perm], values[:, perm])
+    torch.testing.assert_close(mu_p, mu)
+    torch.testing.assert_close(logvar_p, logvar)
+    pad_c = torch.cat([coords, torch.rand(2, 5, 2) * 2 - 1], 1)
+    pad_v = torch.cat([values, torch.rand(2, 5, 1)], 1)
+    mask = torch.cat([torch.ones(2, 10), torch.zeros(2, 5)], 1)
+    mu_m, _ = prior.encode(pad_c, pad_v, mask)
+    torch.testing.assert_close(mu_m, mu)
+    assert not torch.allclose(prior.encode(pad_c, pad_v)[0], mu)  # without the mask the padding counts
+    f_m = prior.adapt_context(pad_c, pad_v, mask=mask)
+    torch.testing.assert_close(f_m.render(8, 8), prior.adapt_context(coords, values).render(8, 8))
+
+
+@pytest.mark.parametrize("output,encoder", [("weights", "set"), ("shift", "set"), ("weights", "conv")])
+def test_training_steps_lower_the_reconstruction_error(output, encoder):
+    prior, x = make(output, encoder), images(8)
+
+    def error():
+        return float(((prior.adapt(x).render(8, 8) - x) ** 2).mean())
+    before = error()
+    opt = torch.optim.Adam(prior.parameters(), lr=5e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        loss, metrics = prior(x, g)
+        assert set(metrics) == {"loss", "mse", "psnr", "kl", "context"} and 4 <= metrics["context"] <= 64
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert error() < 0.75 * before
+
+
+@pytest.mark.parametrize("refine", ["params", "shift", "latent"])
+def test_refinement_steps_lower_the_context_error(refine):
+    prior = make(refine=refine)
+    coords, values = context(images(3), 20)
+    one_pass = context_mse(prior.adapt_context(coords, values), coords, values)
+    refined = context_mse(prior.adapt_context(coords, values, steps=3), coords, values)
+    assert refined < one_pass
+    assert not any(p.grad is not None for p in prior.parameters())  # the prior itself is untouched
+
+
+def test_forward_is_reproducible_and_agrees_across_ddp_shards():
+    prior, x = make(), images(4)
+    loss_a, _ = prior(x, torch.Generator().manual_seed(5))
+    loss_b, _ = prior(x, torch.Generator().manual_seed(5))
+    assert float(loss_a.detach()) == float(loss_b.detach())
+    halves = []
+    for start in (0, 2):  # two "processes" with the same seed, each holding half of the global batch of 4
+        g = ShardedGenerator()
+        g.manual_seed(5)
+        g.shard = (start, start + 2, 4)
+        halves.append(prior(x[start:start + 2], g)[0])
+    torch.testing.assert_close((halves[0] + halves[1]) / 2, loss_a)
+
+
+@pytest.mark.parametrize("density", ["standard", "gaussian", "gmm"])
+def test_sample_and_interpolate_give_functions(density):
+    prior, x = make(), images(6)
+    prior.fit_density(x, kind=density, **({"n_components": 2} if density == "gmm" else {}))
+    f = prior.sample(5, generator=torch.Generator().manual_seed(0))
+    assert isinstance(f, Functions) and f.render(8, 8).shape == (5, 1, 8, 8)
+    again = prior.sample(5, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(again.render(8, 8), f.render(8, 8))
+    q = f.query(torch.rand(7, 2) * 2 - 1, ("value", "gradient", "laplacian"))
+    assert q.gradient.shape == (5, 7, 1, 2) and q.laplacian.shape == (5, 7, 1)
+    line = prior.interpolate(x[0], x[1], n=4)
+    ends = prior.adapt(x[:2]).render(8, 8)
+    torch.testing.assert_close(line.render(8, 8)[[0, 3]], ends)
+
+
+@pytest.mark.parametrize("output,encoder", [("weights", "set"), ("shift", "conv")])
+def test_state_roundtrip_gives_identical_outputs(tmp_path, output, encoder):
+    prior, x = make(output, encoder, channels=3), images(4, c=3)
+    prior.fit_density(x, kind="gaussian")
+    prior.save(tmp_path / "prior")
+    loaded = io.load_prior(tmp_path / "prior")
+    assert isinstance(loaded, HyperPrior) and loaded.config == prior.config
+    torch.testing.assert_close(loaded.adapt(x, steps=2).render(8, 8), prior.adapt(x, steps=2).render(8, 8),
+                               rtol=0, atol=0)
+    g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    torch.testing.assert_close(loaded.sample(3, g()).render(8, 8), prior.sample(3, g()).render(8, 8), rtol=0, atol=0)
+    torch.testing.assert_close(loaded(x, g())[0], prior(x, g())[0], rtol=0, atol=0)
+
+
+def test_conv_encoder_reads_partial_context():
+    prior, x = make(encoder="conv"), images(2)
+    coords, values = context(x, 12)
+    f = prior.adapt_context(coords, values, steps=1)
+    assert f.render(8, 8).shape == (2, 1, 8, 8)
+    # permuting the points changes nothing; a mask drops padded points
+    perm = torch.randperm(12, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(prior.encode(coords[:, perm], values[:, perm])[0], prior.encode(coords, values)[0])
+    mask = torch.ones(2, 12)
+    mask[:, 6:] = 0
+    torch.testing.assert_close(prior.encode(coords, values, mask)[0], prior.encode(coords[:, :6], values[:, :6])[0])
+
+
+def test_clear_errors():
+    prior = make()
+    coords, values = context(images(2), 5)
+    with pytest.raises(ValueError, match="at least 1 context pixel"):
+        prior.adapt_context(coords[:, :0], values[:, :0])
+    with pytest.raises(ValueError, match="at least 1 context pixel"):
+        prior.adapt_context(coords, values, mask=torch.zeros(2, 5))
+    with pytest.raises(ValueError, match=r"values must have shape \(B, N, 1\)"):
+        prior.adapt_context(coords, values.expand(-1, -1, 3))
+    with pytest.raises(ValueError, match="coords"):
+        prior.adapt_context(coords[:, :3], values)
+    with pytest.raises(ValueError, match="NaN"):
+        prior.adapt_context(coords, values.masked_fill(torch.ones_like(values, dtype=torch.bool), math.nan))
+    with pytest.raises(ValueError, match="NaN"):
+        prior.adapt_context(coords.clone().fill_(math.nan), values)
+    with pytest.raises(ValueError, match=r"images must be \(B, 1, H, W\)"):
+        prior(torch.rand(2, 3, 8, 8))
+    with pytest.raises(ValueError, match="NaN"):
+        prior.adapt(torch.full((1, 8, 8), math.nan))
+    with pytest.raises(ValueError, match="encoder must be one of"):
+        HyperConfig(encoder="transformer")
+    with pytest.raises(TypeError, match="latent_size"):
+        make(latent_size=4)
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        prior.sample(0)
+
+
+def test_trains_with_the_shared_training_loop(tmp_path):
+    from inrprior.train import train
+    prior, x = make("shift"), images(6)
+    train(prior, x, steps=4, out=tmp_path, batch_size=4, lr=1e-3, eval_dataset=x[:2], eval_every=2,
+          checkpoint_every=2, progress=False, density="gaussian")
+    loaded = io.load_prior(tmp_path / "prior.safetensors")
+    assert loaded.density is not None and len(loaded.sample(2)) == 2
+    resumed = make("shift")
+    train(resumed, x, steps=4, out=tmp_path, batch_size=4, lr=1e-3, checkpoint_every=2, progress=False,
+          resume=True, density=None)
+    for (k, a), b in zip(loaded.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+
+
+@pytest.mark.parametrize("refine", ["params", "shift", "latent"])
+def test_meta_learned_refinement_trains_its_step_sizes(refine):
+    lr = {"latent": 1e3, "shift": 0.3, "params": 1e-1}[refine]  # SGD steps on per-function mean errors
+    prior = make("shift" if refine == "shift" else "weights", refine=refine, train_refine_steps=2, refine_lr=lr)
+    x = images(4)
+    start = {k: v.detach().clone() for k, v in prior.step_size.items()}
+    loss, metrics = prior(x, torch.Generator().manual_seed(0))
+    assert metrics["mse_refined"] < metrics["mse"] or refine == "latent"  # a fresh decoder barely depends on z
+    opt = torch.optim.Adam(prior.parameters(), lr=1e-3)
+    loss.backward()
+    opt.step()
+    assert all(not torch.equal(v, start[k]) for k, v in prior.step_size.items())
+    if refine != "latent":
+        coords, values = context(x, 20)
+        one_pass = context_mse(prior.adapt_context(coords, values), coords, values)
+        assert context_mse(prior.adapt_context(coords, values, steps=2), coords, values) < 0.9 * one_pass
