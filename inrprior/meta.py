@@ -12,11 +12,12 @@ tasks. What adapts is named explicitly by a set of keys:
 
 Algorithms (``forward`` is the meta-training loss; the generic train loop backpropagates it and steps Adam):
 ``"maml"`` differentiates through the inner steps (second order); ``"fomaml"`` treats the inner gradients as
-constants; ``"reptile"`` returns the surrogate ``0.5 * ||theta - stopgrad(mean_t phi_t)||^2`` whose gradient is
-``theta - mean_t phi_t``, so an SGD step of size ``eps`` *is* the Reptile update ``theta += eps (phi - theta)`` and
-Adam gives "Reptile with Adam" as in the Reptile paper. ``meta_sgd=True`` learns one inner step size per adapted
-parameter entry, initialized at ``inner_lr``; it is used as ``clamp(lr, min=0)`` and projected back to ``>= 0``
-before every forward (projected gradient descent; the clamp passes gradients at 0, so a step size can grow again).
+constants; ``"reptile"`` returns the surrogate ``mean_t 0.5 * ||theta - stopgrad(phi_t)||^2`` (``phi_t``: task
+``t``'s adapted weights) whose gradient is ``theta - mean_t phi_t``, so an SGD step of size ``eps`` *is* the
+Reptile update ``theta += eps (mean_t phi_t - theta)`` and Adam gives "Reptile with Adam" as in the Reptile paper.
+``meta_sgd=True`` learns one inner step size per adapted parameter entry, initialized at ``inner_lr``; it is used
+as ``clamp(lr, min=0)`` and projected back to ``>= 0`` before every forward (projected gradient descent; the
+clamp passes gradients at 0, so a step size can grow again).
 
 Pixels: by default (``context_fraction=None``) the inner loop and the outer loss both see every pixel, as in functa
 and Tancik et al. With ``context_fraction=f`` the inner loop sees a random ``f`` of each image's pixels and the outer
@@ -32,7 +33,6 @@ and the baseline of ``experiments/bench_meta.py``.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -278,6 +278,7 @@ class MetaPrior(nn.Module):
             return self.cfg.inner_lr
         return {k: lr.clamp(min=0) for k, lr in zip(self.adapt_keys, self.inner_lrs)}
 
+    @torch.compiler.disable  # a data-dependent in-place write: keep it out of compiled graphs
     def _project(self) -> None:
         if self.cfg.meta_sgd:
             with torch.no_grad():
@@ -437,8 +438,8 @@ class MetaPrior(nn.Module):
 
         Args:
             images: ``(M, C, H, W)`` in [0, 1].
-            kind: latent variant: "gaussian" | "gmm" | "pca"; all-weights variant: "gaussian" or "pca" (both a
-                Gaussian in the space of the principal axes of the weight offsets, :class:`~inrprior.density.PCAGaussian`).
+            kind: latent variant: "gaussian" | "gmm" | "pca"; all-weights variant: "gaussian" or "pca" (both
+                a Gaussian over the principal axes of the weight offsets, :class:`~inrprior.density.PCAGaussian`).
             steps: inner steps used to adapt the images (default ``inner_steps``).
             max_images: the all-weights variant uses only the first this-many images (its codes are as long as
                 the SIREN has parameters); the latent variant uses all.

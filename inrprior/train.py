@@ -461,5 +461,7 @@ def _run(prior, dataset, eval_dataset, cfg: TrainConfig, out: Path, resume: bool
         prior.fit_density(_stack(dataset, cfg.density_images).to(device, dtype), kind=cfg.density)
     if rank == 0:
         prior.save(out / "prior.safetensors")
-        log.info("wrote %s, %s and %s", out / "prior.safetensors", ckpt, metrics_path)
+        from .report import write_report
+        page = write_report(out, prior.eval(), evals, cfg.eval_steps, n_samples=16 if cfg.density else 0)
+        log.info("wrote %s, %s, %s and %s", out / "prior.safetensors", ckpt, metrics_path, page)
     return prior
