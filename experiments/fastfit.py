@@ -36,7 +36,7 @@ VARIANTS = {  # name -> MetaPrior settings (beyond the shared inner_steps / inne
     "fomaml": {"algorithm": "fomaml"},
     "reptile": {"algorithm": "reptile"},
     "metasgd": {"meta_sgd": True},
-    "latent": {"latent_dim": 128, "meta_sgd": True},
+    "latent": {"latent_dim": 128, "meta_sgd": True, "inner_lr": 1.0},  # a latent needs far larger steps
     "maml-ctx10": {"context_fraction": 0.1},
 }
 PRIOR_STEPS = (0, 1, 2, 3, 5, 10)
@@ -152,8 +152,8 @@ def main(argv=None):
     renders = {"test": test}
     for name in variants:
         torch.manual_seed(0)
-        prior = MetaPrior(ip.Siren(2, c, a.hidden, a.layers, 30.0), inner_steps=a.inner_steps, inner_lr=a.inner_lr,
-                          **VARIANTS[name])
+        settings = {"inner_steps": a.inner_steps, "inner_lr": a.inner_lr, **VARIANTS[name]}
+        prior = MetaPrior(ip.Siren(2, c, a.hidden, a.layers, 30.0), **settings)
         start = time.perf_counter()
         train_prior(prior, train, a.train_steps, out / name, batch_size=a.batch, lr=a.outer_lr, eval_dataset=test,
                        eval_every=max(1, a.train_steps // 5), checkpoint_every=a.train_steps, density=None,
@@ -162,7 +162,7 @@ def main(argv=None):
         curve = prior_curve(prior, test)
         reach = steps_to_reach(adam, curve[3])
         ctx_curve = context_curve(prior, test, ctx_c, ctx_v)
-        results["variants"][name] = {"settings": VARIANTS[name], "train_seconds": seconds, "psnr": curve,
+        results["variants"][name] = {"settings": settings, "train_seconds": seconds, "psnr": curve,
                                      "adam_steps_to_match_3": reach,
                                      "speedup": None if reach is None else reach / 3,
                                      "context10_psnr": ctx_curve}
@@ -186,7 +186,7 @@ def plots(out: Path, results: dict, renders: dict, a) -> None:
     adam = results["adam"]["psnr"]
     curves = {"standard init + Adam": (list(adam)[1:], list(adam.values())[1:])}
     for name, r in results["variants"].items():
-        curves[f"{name} (SGD {a.inner_lr})"] = (list(r["psnr"])[1:], list(r["psnr"].values())[1:])
+        curves[f"{name} (SGD {r['settings']['inner_lr']})"] = (list(r["psnr"])[1:], list(r["psnr"].values())[1:])
     plot_curves(curves, out / "psnr_vs_steps.png", "steps", "held-out PSNR (dB)", logx=True,
                 title=f"{a.data} {a.size}x{a.size}: prior vs standard initialization")
     ctx = {"standard init + Adam": tuple(zip(*[(k, v) for k, v in results["adam"]["context10_psnr"].items() if k]))}

@@ -61,6 +61,8 @@ EXAMPLES = """examples:
   inrprior render runs/fit/functions.safetensors --size 512 512 -o big.png
   inrprior render runs/fit --size 256 256 --derivative laplacian -o lap.png
   inrprior blend base.png insert.png --mask mask.png -o runs/blend
+  inrprior train --prior meta --data faces --steps 300 --out runs/faces
+  inrprior sample runs/faces -n 16 --size 128 -o grid.png
 
 Run `inrprior COMMAND --help` for the options of each command."""
 
@@ -396,3 +398,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 register("demo", "the demo job on embedded data: fit the cameraman three ways, blend two photos, write a report",
          _demo_arguments, _demo)
+
+
+# The priors' commands (train, sample, adapt) register themselves from their own module.
+from . import cli_prior  # noqa: E402,F401

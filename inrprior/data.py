@@ -270,7 +270,8 @@ def _folder(root: Path, size, split: str, channels: int | None) -> Dataset:
     extensions = {e.lower() for e in Image.registered_extensions()}
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
     if not files:
-        raise ValueError(f"image folder {root} holds no image files (looked for {', '.join(sorted(extensions)[:8])}, ...)")
+        raise ValueError(f"image folder {root} holds no image files (no file ending in "
+                         f"{', '.join(sorted(extensions)[:6])}, ...)")
     files = [files[i] for i in split_indices(len(files), split)]
     if not files:
         raise ValueError(f"image folder {root} has too few images for a {split!r} split (every 5th is test)")

@@ -6,9 +6,9 @@ Gaussian latent ``z``. A hypernetwork maps ``z`` to SIREN parameters by the SIRE
 
 - ``output="weights"``: one linear head per parameter tensor on a shared MLP trunk; every generated tensor is the
   net's own learned tensor (initialized by Sitzmann's rule) plus an offset ``head(z) * scale``. ``scale`` is the
-  tensor's Sitzmann init bound (``1/w0`` for sine-layer biases: one unit of offset is one radian of phase), and the
-  heads' final layers start at ``head_init`` times PyTorch's default, so a fresh prior generates SIRENs close to a
-  Sitzmann initialization.
+  tensor's Sitzmann init bound (``1/w0`` for sine-layer biases: one unit of offset is one radian of phase). With
+  the heads at PyTorch's default init (``head_init=1`` scales it) the offsets of a fresh prior are ~5 % of the
+  base's spread (~15 % for biases), so it generates SIRENs close to a Sitzmann initialization.
 - ``output="shift"``: the latent only shifts the sine-layer biases (``b + s``); all weights are shared, so the
   returned :class:`Functions` hold shared weights and per-function biases (much lighter for large SIRENs).
 
@@ -61,9 +61,9 @@ class HyperConfig:
     head_width: int = 64
     encoder_layers: int = 3
     trunk_layers: int = 2
-    fourier_bands: int = 6
+    fourier_bands: int = 5
     min_context: int = 10
-    head_init: float = 0.1
+    head_init: float = 1.0
     weight_reg: float = 0.0
     refine: str = "auto"
     refine_lr: float | None = None
@@ -71,7 +71,7 @@ class HyperConfig:
     train_refine_steps: int = 0
     first_order: bool = False
     image_size: int = 32
-    logvar_init: float = -6.0
+    logvar_init: float = -10.0
 
     def __post_init__(self):
         choices = dict(encoder=("set", "conv"), output=("weights", "shift"),
@@ -103,10 +103,10 @@ class HyperConfig:
         return table[self.refine_target]
 
 
-def _gaussian_head(width: int, latent_dim: int, logvar_init: float) -> nn.Sequential:
+def _gaussian_head(d_in: int, width: int, latent_dim: int, logvar_init: float) -> nn.Sequential:
     """MLP to (mean, log-variance); the log-variance starts at ``logvar_init`` so early training is not drowned
     in posterior noise (with a small beta the latent would otherwise be ignored for hundreds of steps)."""
-    head = _mlp([width, width, 2 * latent_dim], last_relu=False)
+    head = _mlp([d_in, width, 2 * latent_dim], last_relu=False)
     with torch.no_grad():
         head[-1].weight[latent_dim:].mul_(0.1)
         head[-1].bias[latent_dim:].fill_(logvar_init)
@@ -123,29 +123,51 @@ def _mlp(widths: list[int], last_relu: bool = True) -> nn.Sequential:
 
 
 class SetEncoder(nn.Module):
-    """Per-point MLP on (coords, Fourier features, values in [-1, 1]), masked mean pooling, then an MLP."""
+    """Per-point MLP, masked mean pooling, then an MLP to the latent's mean and log-variance.
+
+    A point's input is its position features ``p`` (coords and their sines/cosines at ``fourier_bands`` octaves),
+    its value ``v`` in [-1, 1], and the products ``v * p``. The pooled means of ``v`` and ``v * p`` (linear
+    projections of the image) also skip the per-point MLP: the pooled MLP features are dominated by the positions,
+    which all images share, so at initialization they differ between images by ~1e-4 and the latent would be ignored
+    for a long time; the linear projections differ by ~0.1 from the first step.
+    """
 
     def __init__(self, channels: int, cfg: HyperConfig):
         super().__init__()
         self.register_buffer("freqs", math.pi * 2.0 ** torch.arange(cfg.fourier_bands, dtype=torch.float32),
                              persistent=False)
-        d_in = 2 + channels + 4 * cfg.fourier_bands
+        d_pos = 2 + 4 * cfg.fourier_bands
+        d_in = d_pos * (1 + channels) + channels
         self.point = _mlp([d_in] + [cfg.hidden] * cfg.encoder_layers)
-        self.rho = _gaussian_head(cfg.hidden, cfg.latent_dim, cfg.logvar_init)
+        self.rho = _gaussian_head(cfg.hidden + d_pos * channels + channels, cfg.hidden, cfg.latent_dim,
+                                  cfg.logvar_init)
 
     def forward(self, coords, values, mask=None, size=None):
         ang = (coords[..., None] * self.freqs).flatten(-2)  # (b, n, 2 * bands)
-        h = self.point(torch.cat([coords, 2 * values - 1, ang.sin(), ang.cos()], -1))  # (b, n, hidden)
-        if mask is None:
-            pooled = h.mean(1)
-        else:
-            m = mask[..., None].to(h.dtype)
-            pooled = (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+        pos = torch.cat([coords, ang.sin(), ang.cos()], -1)  # (b, n, d_pos)
+        v = 2 * values - 1  # (b, n, c)
+        linear = torch.cat([v, (v[..., None] * pos[..., None, :]).flatten(-2)], -1)  # (b, n, c * (1 + d_pos))
+        h = self.point(torch.cat([pos, linear], -1))  # (b, n, hidden)
+        pooled = _masked_mean(torch.cat([h, _LINEAR_GAIN * linear], -1), mask)
         return self.rho(pooled).chunk(2, dim=-1)
 
 
+# Gain on the pooled linear features: their spread across images (0.005..0.15 for faces) becomes O(0.1..1), so that
+# the latent means of different images differ by more than the initial posterior noise.
+_LINEAR_GAIN = 10.0
+
+
+def _masked_mean(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over points ``(b, n, d) -> (b, d)``, counting only points with ``mask (b, n)`` 1."""
+    if mask is None:
+        return h.mean(1)
+    m = mask[..., None].to(h.dtype)
+    return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
 class ConvEncoder(nn.Module):
-    """Points rasterized into a masked image ``(values in [-1, 1] * mask, mask)``, strided convs, global pooling."""
+    """Points rasterized into a masked image ``(values in [-1, 1] * mask, mask)``, strided convs, global pooling;
+    a 4x4 average-pooled thumbnail of that image skips the convs (see :class:`SetEncoder` for why)."""
 
     def __init__(self, channels: int, cfg: HyperConfig):
         super().__init__()
@@ -154,7 +176,7 @@ class ConvEncoder(nn.Module):
         for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
             convs += [nn.Conv2d(a, b, 3, stride=1 if i == 0 else 2, padding=1), nn.ReLU()]
         self.convs = nn.Sequential(*convs)
-        self.rho = _gaussian_head(cfg.hidden, cfg.latent_dim, cfg.logvar_init)
+        self.rho = _gaussian_head(cfg.hidden + 16 * (channels + 1), cfg.hidden, cfg.latent_dim, cfg.logvar_init)
         self.size = cfg.image_size
 
     def forward(self, coords, values, mask=None, size=None):
@@ -170,7 +192,8 @@ class ConvEncoder(nn.Module):
         count = sums[..., c:]
         canvas = torch.cat([sums[..., :c] / count.clamp_min(1.0), count.clamp_max(1.0)], -1)  # mean value, mask
         x = canvas.reshape(b, h, w, c + 1).permute(0, 3, 1, 2)
-        return self.rho(self.convs(x).mean((2, 3))).chunk(2, dim=-1)
+        pooled = torch.cat([self.convs(x).mean((2, 3)), _LINEAR_GAIN * F.adaptive_avg_pool2d(x, 4).flatten(1)], -1)
+        return self.rho(pooled).chunk(2, dim=-1)
 
 
 class HyperNet(nn.Module):

@@ -183,7 +183,7 @@ def test_bad_coords_and_params_raise_clear_errors():
 
 
 def test_2048_render_with_gradients_runs_chunked():
-    f = random_functions(b=1, c=1, hidden=8, layers=1, dtype=torch.float32)
+    f = random_functions(b=1, c=1, hidden=4, layers=0, dtype=torch.float32)
     r = f.render_derivatives(2048, 2048, ("value", "gradient"), chunk=1 << 18)  # 16 chunks
     assert r.value.shape == (1, 1, 2048, 2048) and r.gradient.shape == (1, 1, 2048, 2048, 2)
     assert r.laplacian is None and torch.isfinite(r.gradient).all()

@@ -251,3 +251,20 @@ def test_errors():
         make(context_fraction=0.0)
     with pytest.raises(TypeError, match="Siren"):
         MetaPrior(torch.nn.Linear(2, 3))
+
+
+def test_train_loop_resumes_exactly_with_random_context(tmp_path):
+    from inrprior.train import train
+
+    images = smooth_images(b=6, dtype=torch.float32)
+
+    def run(out, steps, resume=False, prior=None):
+        prior = prior or make(dtype=torch.float32, meta_sgd=True, context_fraction=0.5, inner_lr=0.05)
+        return train(prior, images, steps, out, batch_size=2, lr=1e-3, checkpoint_every=2, progress=False,
+                     density=None, resume=resume, device="cpu")
+
+    straight = run(tmp_path / "a", 4)
+    run(tmp_path / "b", 2)
+    resumed = run(tmp_path / "b", 4, resume=True)
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
