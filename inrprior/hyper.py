@@ -15,8 +15,10 @@ Gaussian latent ``z``. A hypernetwork maps ``z`` to SIREN parameters by the SIRE
 Training (``forward``) draws a context size log-uniformly between ``min_context`` and all pixels, encodes a random
 context, reconstructs *all* pixels and minimizes ``MSE + beta * KL (+ weight_reg * mean squared offset)``; the
 SIREN paper's weight-norm term is applied to the generated offsets, since the shared base is learned separately.
-Test-time refinement (``steps > 0``) runs Adam from the generated function on the context pixels only, on the
-latent, the sine-layer shifts or all generated parameters (``refine``; see :class:`HyperConfig`).
+Refinement (``steps > 0``) starts from the generated function and takes gradient steps on the context pixels only,
+on the latent, the sine-layer shifts or all generated parameters (``refine``): Adam with a fixed step size, or, when
+the prior was trained with ``train_refine_steps``, SGD with the per-element step sizes it learned (Meta-SGD on top of
+the amortized guess). Refinement never changes the prior.
 """
 from __future__ import annotations
 
@@ -40,18 +42,25 @@ class HyperConfig:
     """Settings of a :class:`HyperPrior` (all JSON-able).
 
     encoder: "set" (any points) or "conv" (points rasterized onto an ``image_size`` grid with a mask channel).
-    output: "weights" (every SIREN tensor generated) or "shift" (only sine-layer bias shifts).
-    beta: weight of the KL term (per image, summed over latent dims) against the per-value MSE on the [0, 1] scale.
-    hidden: width of the encoder and trunk MLPs; head_width: input width of every per-tensor linear head (the
-        heads hold ``head_width x`` SIREN-parameter-count weights).
+    latent_dim: size of the Gaussian latent. output: "weights" (every SIREN tensor generated) or "shift"
+        (only the sine-layer biases). beta: weight of the KL term (per image, summed over latent dims) against the
+        per-value MSE on the [0, 1] scale (an ELBO with noise variance s2 on N values has beta = 2 s2 / N).
+    hidden, encoder_layers, trunk_layers, fourier_bands: widths and depths of the encoder and hypernetwork trunk
+        MLPs, and the set encoder's octaves of position features. head_width: input width of every per-tensor
+        linear head (the heads hold ``head_width x`` SIREN-parameter-count weights). head_init: scale of the heads'
+        default init. logvar_init: initial log-variance of the latent (small: see :func:`_gaussian_head`).
+    min_context: smallest context drawn in training (log-uniform up to all pixels). flip: mirror training images
+        left-right at random (augmentation for data with that symmetry, such as faces). weight_reg: weight of the
+        mean squared generated offset (the SIREN paper's weight-norm term).
     refine: what refinement steps optimize: "latent", "shift" (sine-layer biases), "params" (all generated tensors)
         or "auto" ("params" for output="weights", "shift" for output="shift").
     train_refine_steps: 0: test-time refinement is Adam with step size ``refine_lr``. k > 0: training also takes k
         SGD steps on the context with learned per-element step sizes (Meta-SGD, initialized at ``refine_lr``) and
         adds the all-pixel error after them to the loss; test-time refinement then uses those learned steps.
         ``first_order`` drops the second-order terms of that inner loop.
-    refine_lr: None picks per target: Adam 1e-3 (params), 1e-2 (shift), 1e-1 (latent); learned SGD init 1e-2
+    refine_lr: None picks per target: Adam 1e-3 (params), 1e-2 (shift), 5e-2 (latent); learned SGD init 1e-2
         (params), 1e-1 (shift, latent). refine_steps: default steps of ``adapt`` / ``adapt_context``.
+    image_size: the grid the conv encoder rasterizes context points onto when no size is given.
     """
     encoder: str = "set"
     latent_dim: int = 64
@@ -72,6 +81,7 @@ class HyperConfig:
     first_order: bool = False
     image_size: int = 32
     logvar_init: float = -10.0
+    flip: bool = False
 
     def __post_init__(self):
         choices = dict(encoder=("set", "conv"), output=("weights", "shift"),
@@ -99,7 +109,7 @@ class HyperConfig:
         if self.refine_lr is not None:
             return float(self.refine_lr)
         table = ({"params": 1e-2, "shift": 1e-1, "latent": 1e-1} if self.train_refine_steps
-                 else {"params": 1e-3, "shift": 1e-2, "latent": 1e-1})
+                 else {"params": 1e-3, "shift": 1e-2, "latent": 5e-2})
         return table[self.refine_target]
 
 
@@ -296,6 +306,9 @@ class HyperPrior(nn.Module):
         if images.dim() != 4 or images.shape[1] != self.net.out_features:
             raise ValueError(f"images must be (B, {self.net.out_features}, H, W), got {tuple(images.shape)}")
         b, c, h, w = images.shape
+        if self.cfg.flip:  # augmentation: mirror each image left-right with probability 1/2
+            flip = self._draw("rand", (b,), generator, images.device) < 0.5
+            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
         coords, values = image_to_points(images)  # (P, 2), (b, P, c)
         p = h * w
         lo = min(self.cfg.min_context, p)
