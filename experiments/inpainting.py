@@ -90,20 +90,30 @@ def prior_methods(name: str, prior, h: int, w: int, steps: int) -> dict:
     return {f"{name} {steps} steps": run(steps)}
 
 
+COST_VARIANTS = {  # name -> HyperPrior settings measured by --cost
+    "weights": {"output": "weights"},
+    "weights, anchor-sized (latent 256, 256-wide heads)": {"output": "weights", "latent_dim": 256, "hidden": 256,
+                                                           "head_width": 256},
+    "shift": {"output": "shift"},
+}
+
+
 def cost(hidden: int = 256, layers: int = 3, batch: int = 16, size: int = 32, steps: int = 5) -> dict:
-    """Parameters, training steps/s and peak memory of both output modes, each in a fresh process."""
+    """Parameters, training steps/s and peak memory (RSS) of each variant, each in a fresh process."""
     out = {}
-    for mode in ("weights", "shift"):
+    for name, settings in COST_VARIANTS.items():
         code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import inpainting as e; "
-                f"e._cost_child({mode!r}, {hidden}, {layers}, {batch}, {size}, {steps})")
+                f"e._cost_child({json.dumps(settings)!r}, {hidden}, {layers}, {batch}, {size}, {steps}, "
+                f"{torch.get_num_threads()})")
         res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-        out[mode] = json.loads(res.stdout.strip().splitlines()[-1])
+        out[name] = {"settings": settings, **json.loads(res.stdout.strip().splitlines()[-1])}
     return out
 
 
-def _cost_child(mode, hidden, layers, batch, size, steps):
+def _cost_child(settings: str, hidden, layers, batch, size, steps, threads):
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
-    prior = HyperPrior(ip.Siren(2, 3, hidden, layers), output=mode, train_refine_steps=0)
+    prior = HyperPrior(ip.Siren(2, 3, hidden, layers), **json.loads(settings))
     images, g = torch.rand(batch, 3, size, size), torch.Generator().manual_seed(0)
     opt = torch.optim.Adam(prior.parameters(), 1e-4)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -117,7 +127,7 @@ def _cost_child(mode, hidden, layers, batch, size, steps):
         times.append(time.perf_counter() - t)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"parameters": sum(p.numel() for p in prior.parameters()),
-                      "hypernetwork_outputs": sum(h.out_features for h in prior.hyper.heads),
+                      "outputs_per_latent": sum(h.out_features for h in prior.hyper.heads),
                       "steps_per_s": steps / sum(times[1:]), "peak_rss_mb": peak / 1024,
                       "rss_before_first_step_mb": base / 1024}))
 
@@ -131,7 +141,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=None, help="train exactly this many steps instead")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-4, help="HyperPrior Adam step size")
-    p.add_argument("--meta-lr", type=float, default=5e-5, help="MetaPrior outer Adam step size")
+    p.add_argument("--meta-lr", type=float, default=1e-4, help="MetaPrior outer Adam step size")
     p.add_argument("--hyper", default="{}", help=f"JSON HyperPrior settings over {HYPER}")
     p.add_argument("--meta", default="{}", help=f"JSON MetaPrior settings over {META}")
     p.add_argument("--no-meta", action="store_true")
@@ -148,9 +158,10 @@ def main(argv=None):
     if a.cost:
         res = cost()
         (out / "cost.json").write_text(json.dumps(res, indent=1))
-        for mode, r in res.items():
-            print(f"3x256 SIREN, output={mode}: {r['parameters'] / 1e6:.2f} M parameters, "
-                  f"{r['steps_per_s']:.2f} steps/s (batch 16, 32x32 RGB), peak RSS {r['peak_rss_mb']:.0f} MB")
+        for name, r in res.items():
+            print(f"3x256 SIREN, {name}: {r['parameters'] / 1e6:.2f} M parameters, {r['steps_per_s']:.2f} steps/s "
+                  f"(batch 16, 32x32 RGB, {torch.get_num_threads()} threads), peak RSS {r['peak_rss_mb']:.0f} MB "
+                  f"({r['rss_before_first_step_mb']:.0f} MB before the first step)")
         return res
     if a.quick:
         a.minutes = min(a.minutes, 2.0)

@@ -121,7 +121,7 @@ def test_refinement_steps_lower_the_context_error(refine):
 
 
 def test_forward_is_reproducible_and_agrees_across_ddp_shards():
-    prior, x = make(), images(4)
+    prior, x = make(flip=True), images(4)  # per-image draws: context pixels, latent noise, flips
     loss_a, _ = prior(x, torch.Generator().manual_seed(5))
     loss_b, _ = prior(x, torch.Generator().manual_seed(5))
     assert float(loss_a.detach()) == float(loss_b.detach())
