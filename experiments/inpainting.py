@@ -7,7 +7,8 @@ pixels of all held-out images, and PSNR = 10 log10(1 / MSE) of that pooled MSE. 
 
 - the per-pixel mean of the training images (ignores the context: the floor to beat);
 - HyperPrior, one encoder + hypernetwork pass;
-- HyperPrior + ``--refine-steps`` test-time steps on the context pixels;
+- HyperPrior + ``--refine-steps`` test-time Adam steps on the context pixels, on all generated weights (the
+  default for ``output="weights"``) and on the latent alone;
 - MetaPrior ``adapt_context`` with ``--refine-steps`` inner steps.
 
 The same context pixels (one fixed draw) are used by every method. The HyperPrior's one-pass score on as many
@@ -28,6 +29,7 @@ import resource
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -37,7 +39,7 @@ from inrprior import data as ipdata
 from inrprior.hyper import HyperPrior
 from inrprior.train import train as train_prior
 
-HYPER = {"output": "weights", "train_refine_steps": 3}  # overridden by --hyper JSON
+HYPER = {"output": "weights", "beta": 1e-5, "flip": True}  # overridden by --hyper JSON (flip: faces are symmetric)
 META = {"meta_sgd": True}  # MetaPrior settings, overridden by --meta JSON
 
 
@@ -83,10 +85,19 @@ def evaluate(methods: dict, images: torch.Tensor, ctx: dict) -> dict[str, dict[i
 
 
 def prior_methods(name: str, prior, h: int, w: int, steps: int) -> dict:
-    def run(k):
-        return lambda c, v: prior.adapt_context(c, v, steps=k).render(h, w)
+    def run(k, **refine):
+        def fn(c, v):
+            saved = prior.cfg
+            prior.cfg = replace(saved, **refine)
+            try:
+                return prior.adapt_context(c, v, steps=k).render(h, w)
+            finally:
+                prior.cfg = saved
+        return fn
     if isinstance(prior, HyperPrior):
-        return {f"{name} one pass": run(0), f"{name} +{steps} steps": run(steps)}
+        target = prior.cfg.refine_target
+        return {f"{name} one pass": run(0), f"{name} +{steps} steps ({target})": run(steps),
+                **({} if target == "latent" else {f"{name} +{steps} steps (latent)": run(steps, refine="latent")})}
     return {f"{name} {steps} steps": run(steps)}
 
 
@@ -140,7 +151,7 @@ def main(argv=None):
     p.add_argument("--minutes", type=float, default=15.0, help="training wall clock per prior")
     p.add_argument("--steps", type=int, default=None, help="train exactly this many steps instead")
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--lr", type=float, default=3e-4, help="HyperPrior Adam step size")
+    p.add_argument("--lr", type=float, default=1e-4, help="HyperPrior Adam step size")
     p.add_argument("--meta-lr", type=float, default=1e-4, help="MetaPrior outer Adam step size")
     p.add_argument("--hyper", default="{}", help=f"JSON HyperPrior settings over {HYPER}")
     p.add_argument("--meta", default="{}", help=f"JSON MetaPrior settings over {META}")
@@ -210,11 +221,11 @@ def main(argv=None):
 
 def table(results: dict) -> None:
     sizes = results["sizes"]
-    head = f"{'held-out MSE (PSNR dB)':26s}" + "".join(f"{str(n) + ' px':>17s}" for n in sizes)
+    head = f"{'held-out MSE (PSNR dB)':28s}" + "".join(f"{str(n) + ' px':>17s}" for n in sizes)
     print(head + "\n" + "-" * len(head))
     rows = {**results["test"], "hyper one pass, TRAIN imgs": results["train_images_one_pass"]}
     for name, r in rows.items():
-        print(f"{name:26s}" + "".join(f"{r[n]['mse']:9.5f} ({r[n]['psnr']:4.1f})" for n in sizes))
+        print(f"{name:28s}" + "".join(f"{r[n]['mse']:9.5f} ({r[n]['psnr']:4.1f})" for n in sizes))
 
 
 def figures(out: Path, results: dict, methods: dict, test, ctx, a) -> None:
@@ -231,7 +242,7 @@ def figures(out: Path, results: dict, methods: dict, test, ctx, a) -> None:
         rows.append(show_context(test[:k], cc, vv))
         titles.append(f"{n} known")
         for name, fn in methods.items():
-            if name != "mean image":
+            if name != "mean image" and "(latent)" not in name:
                 rows.append(fn(cc, vv))
                 titles.append(name)
     rows.append(test[:k])

@@ -94,7 +94,7 @@ def main(argv=None):
     p.add_argument("--siren", default="3x64")
     p.add_argument("--minutes", type=float, default=15.0)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--meta-lr", type=float, default=1e-4)
     p.add_argument("--n", type=int, default=16, help="samples per grid")
     p.add_argument("--render-size", type=int, default=64)

@@ -191,13 +191,20 @@ class Functions:
         return parts[0].map(lambda name, _: torch.cat([getattr(p, name) for p in parts], dim=1))
 
     @torch.no_grad()
-    def render(self, h: int, w: int, chunk: int = 65536) -> torch.Tensor:
+    def render(self, h: int, w: int, chunk: int = 65536, amp: str | None = None) -> torch.Tensor:
         """Render every function on an ``h x w`` pixel grid, at any resolution.
 
+        Args:
+            amp: ``"bf16"`` runs the matmuls under bfloat16 autocast (GPU speed; the sine of a bf16 pre-activation
+                is coarse, so expect errors of a few 1e-2 on a 3x256 SIREN with w0=30).
         Returns:
             ``(B, C, h, w)`` images clamped to ``[0, 1]``.
         """
-        return self.render_derivatives(h, w, ("value",), chunk=chunk).value.clamp(0, 1)
+        if amp not in (None, "bf16"):
+            raise ValueError(f"amp must be None or 'bf16', got {amp!r}")
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
+            image = self.render_derivatives(h, w, ("value",), chunk=chunk).value
+        return image.to(self.dtype).clamp(0, 1)
 
     @torch.no_grad()
     def render_derivatives(self, h: int, w: int, derivatives: Iterable[str] | str = DERIVATIVES,

@@ -65,7 +65,7 @@ class HyperConfig:
     encoder: str = "set"
     latent_dim: int = 64
     output: str = "weights"
-    beta: float = 1e-6
+    beta: float = 1e-5
     hidden: int = 128
     head_width: int = 64
     encoder_layers: int = 3

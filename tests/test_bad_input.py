@@ -120,3 +120,8 @@ if __name__ == "__main__":  # print the README table
                 message = f"`{type(e).__name__}`: {' '.join(str(e).split())}"
         print(f"| {what} | {error.__name__} | {message.split(': ', 1)[1] if ': ' in message else message} |")
     print("| coordinates outside [-1, 1] | allowed | the function extrapolates there (values are not clamped) |")
+
+
+def test_render_rejects_unknown_amp():
+    with pytest.raises(ValueError, match="amp must be"):
+        _funcs().render(4, 4, amp="fp8")
