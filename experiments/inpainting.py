@@ -7,8 +7,8 @@ pixels of all held-out images, and PSNR = 10 log10(1 / MSE) of that pooled MSE. 
 
 - the per-pixel mean of the training images (ignores the context: the floor to beat);
 - HyperPrior, one encoder + hypernetwork pass;
-- HyperPrior + ``--refine-steps`` test-time Adam steps on the context pixels, on all generated weights (the
-  default for ``output="weights"``) and on the latent alone;
+- HyperPrior + ``--refine-steps`` test-time Adam steps on the context pixels: the default (``refine="auto"``: all
+  generated weights, or the latent alone when fewer than 50 pixels are known), and each of the two alone;
 - MetaPrior ``adapt_context`` with ``--refine-steps`` inner steps.
 
 The same context pixels (one fixed draw) are used by every method. The HyperPrior's one-pass score on as many
@@ -95,9 +95,8 @@ def prior_methods(name: str, prior, h: int, w: int, steps: int) -> dict:
                 prior.cfg = saved
         return fn
     if isinstance(prior, HyperPrior):
-        target = prior.cfg.refine_target
-        return {f"{name} one pass": run(0), f"{name} +{steps} steps ({target})": run(steps),
-                **({} if target == "latent" else {f"{name} +{steps} steps (latent)": run(steps, refine="latent")})}
+        fixed = {f"{name} +{steps} steps ({t})": run(steps, refine=t) for t in (prior.cfg.refine_target, "latent")}
+        return {f"{name} one pass": run(0), f"{name} +{steps} steps": run(steps), **fixed}
     return {f"{name} {steps} steps": run(steps)}
 
 
@@ -143,6 +142,28 @@ def _cost_child(settings: str, hidden, layers, batch, size, steps, threads):
                       "rss_before_first_step_mb": base / 1024}))
 
 
+def train_priors(a, train, c: int, out: Path, results: dict):
+    layers, width = map(int, a.siren.split("x"))
+    torch.manual_seed(0)
+    hyper = HyperPrior(ip.Siren(2, c, width, layers), **{**HYPER, **json.loads(a.hyper)})
+    results["train"]["hyper"] = train_for(hyper, train, a.minutes, out / "hyper", a.steps, a.batch, a.lr)
+    hyper.fit_density(train, kind="gaussian")
+    hyper.save(out / "hyper" / "prior.safetensors")
+    meta = None
+    if not a.no_meta:
+        try:
+            from inrprior.meta import MetaPrior
+        except ImportError:
+            print("inrprior.meta not available: no MetaPrior row")
+            return hyper, None
+        torch.manual_seed(0)
+        meta = MetaPrior(ip.Siren(2, c, width, layers), inner_steps=a.refine_steps, **{**META, **json.loads(a.meta)})
+        results["train"]["meta"] = train_for(meta, train, a.minutes, out / "meta", a.steps, a.batch, a.meta_lr)
+        meta.fit_density(train, kind="gaussian")
+        meta.save(out / "meta" / "prior.safetensors")
+    return hyper, meta
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="faces")
@@ -156,6 +177,8 @@ def main(argv=None):
     p.add_argument("--hyper", default="{}", help=f"JSON HyperPrior settings over {HYPER}")
     p.add_argument("--meta", default="{}", help=f"JSON MetaPrior settings over {META}")
     p.add_argument("--no-meta", action="store_true")
+    p.add_argument("--from", dest="from_run", default=None, help="score the priors saved in this --out folder "
+                   "(hyper/prior.safetensors, meta/prior.safetensors) instead of training")
     p.add_argument("--refine-steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch threads (1 is faster on a busy machine)")
     p.add_argument("--out", default="runs/inpainting")
@@ -176,7 +199,6 @@ def main(argv=None):
         return res
     if a.quick:
         a.minutes = min(a.minutes, 2.0)
-    layers, width = map(int, a.siren.split("x"))
     train, test = ipdata.stack(ipdata.load(a.data, a.size, "train")), ipdata.stack(ipdata.load(a.data, a.size, "test"))
     c, h, w = train.shape[1:]
     sizes = sorted({n for n in (10, 100, 1000) if n < h * w} | {h * w})
@@ -187,25 +209,18 @@ def main(argv=None):
 
     mean = train.mean(0, keepdim=True).expand_as(test)
     methods = {"mean image": lambda cc, vv: mean}
-    torch.manual_seed(0)
-    hyper = HyperPrior(ip.Siren(2, c, width, layers), **{**HYPER, **json.loads(a.hyper)})
-    results["train"]["hyper"] = train_for(hyper, train, a.minutes, out / "hyper", a.steps, a.batch, a.lr)
-    hyper.fit_density(train, kind="gmm")
-    hyper.save(out / "hyper" / "prior.safetensors")
+    if a.from_run:
+        from inrprior.io import load_prior
+
+        hyper = load_prior(Path(a.from_run) / "hyper" / "prior.safetensors")
+        meta_path = Path(a.from_run) / "meta" / "prior.safetensors"
+        meta = load_prior(meta_path) if meta_path.exists() and not a.no_meta else None
+        results["train"] = json.loads((Path(a.from_run) / "results.json").read_text())["train"]
+    else:
+        hyper, meta = train_priors(a, train, c, out, results)
     methods.update(prior_methods("hyper", hyper, h, w, a.refine_steps))
-    meta = None
-    if not a.no_meta:
-        try:
-            from inrprior.meta import MetaPrior
-        except ImportError:
-            print("inrprior.meta not available: no MetaPrior row")
-        else:
-            torch.manual_seed(0)
-            meta = MetaPrior(ip.Siren(2, c, width, layers), inner_steps=a.refine_steps,
-                             **{**META, **json.loads(a.meta)})
-            results["train"]["meta"] = train_for(meta, train, a.minutes, out / "meta", a.steps, a.batch, a.meta_lr)
-            meta.save(out / "meta" / "prior.safetensors")
-            methods.update(prior_methods("meta", meta, h, w, a.refine_steps))
+    if meta is not None:
+        methods.update(prior_methods("meta", meta, h, w, a.refine_steps))
     for name, r in results["train"].items():
         print(f"trained {name}: {r['steps']} steps in {r['seconds']:.0f} s ({r['steps_per_s']:.2f} steps/s), "
               f"{r['parameters'] / 1e6:.2f} M parameters")
@@ -242,7 +257,7 @@ def figures(out: Path, results: dict, methods: dict, test, ctx, a) -> None:
         rows.append(show_context(test[:k], cc, vv))
         titles.append(f"{n} known")
         for name, fn in methods.items():
-            if name != "mean image" and "(latent)" not in name:
+            if name != "mean image" and "(" not in name:
                 rows.append(fn(cc, vv))
                 titles.append(name)
     rows.append(test[:k])

@@ -42,25 +42,32 @@ class HyperConfig:
     """Settings of a :class:`HyperPrior` (all JSON-able).
 
     encoder: "set" (any points) or "conv" (points rasterized onto an ``image_size`` grid with a mask channel).
-    latent_dim: size of the Gaussian latent. output: "weights" (every SIREN tensor generated) or "shift"
-        (only the sine-layer biases). beta: weight of the KL term (per image, summed over latent dims) against the
-        per-value MSE on the [0, 1] scale (an ELBO with noise variance s2 on N values has beta = 2 s2 / N).
-    hidden, encoder_layers, trunk_layers, fourier_bands: widths and depths of the encoder and hypernetwork trunk
-        MLPs, and the set encoder's octaves of position features. head_width: input width of every per-tensor
-        linear head (the heads hold ``head_width x`` SIREN-parameter-count weights). head_init: scale of the heads'
-        default init. logvar_init: initial log-variance of the latent (small: see :func:`_gaussian_head`).
-    min_context: smallest context drawn in training (log-uniform up to all pixels). flip: mirror training images
-        left-right at random (augmentation for data with that symmetry, such as faces). weight_reg: weight of the
-        mean squared generated offset (the SIREN paper's weight-norm term).
-    refine: what refinement steps optimize: "latent", "shift" (sine-layer biases), "params" (all generated tensors)
-        or "auto" ("params" for output="weights", "shift" for output="shift").
-    train_refine_steps: 0: test-time refinement is Adam with step size ``refine_lr``. k > 0: training also takes k
-        SGD steps on the context with learned per-element step sizes (Meta-SGD, initialized at ``refine_lr``) and
-        adds the all-pixel error after them to the loss; test-time refinement then uses those learned steps.
-        ``first_order`` drops the second-order terms of that inner loop.
-    refine_lr: None picks per target: Adam 1e-3 (params), 1e-2 (shift), 5e-2 (latent); learned SGD init 1e-2
-        (params), 1e-1 (shift, latent). refine_steps: default steps of ``adapt`` / ``adapt_context``.
+    latent_dim: size of the Gaussian latent.
+    output: "weights" (every SIREN tensor generated) or "shift" (only the sine-layer biases).
+    beta: weight of the KL term (per image, summed over latent dims) against the per-value MSE on the [0, 1]
+        scale (an ELBO with noise variance s2 on N values has beta = 2 s2 / N).
+    hidden: width of the encoder and hypernetwork-trunk MLPs.
+    head_width: input width of every per-tensor linear head (the heads hold head_width x SIREN-size weights).
+    encoder_layers / trunk_layers: depths of the per-point encoder MLP and of the hypernetwork trunk.
+    fourier_bands: octaves of sine/cosine position features in the set encoder.
+    min_context: smallest context drawn in training (log-uniform up to all pixels).
+    head_init: scale of the heads' default (PyTorch) init.
+    weight_reg: weight of the mean squared generated offset (the SIREN paper's weight-norm term).
+    refine: what refinement steps optimize: "latent", "shift" (sine-layer biases), "params" (all generated
+        tensors) or "auto": "params" for output="weights", "shift" for output="shift", but "latent" when an image
+        has fewer than refine_min_context known pixels (moving every weight then fits those pixels at the cost of
+        the rest: on held-out faces it lost ~1 dB at 10 pixels, while refining the latent gained a little).
+    refine_lr: step size for the configured target; None picks per target: Adam 1e-3 (params), 1e-2 (shift),
+        5e-2 (latent); learned-SGD init 1e-2 (params), 1e-1 (shift, latent).
+    refine_steps: default refinement steps of adapt / adapt_context.
+    refine_min_context: see refine="auto".
+    train_refine_steps: 0: refinement is Adam with step size refine_lr. k > 0: training also takes k SGD steps
+        on the context with learned per-element step sizes (Meta-SGD, initialized at refine_lr) and adds the
+        all-pixel error after them to the loss; refinement then uses those learned steps.
+    first_order: drop the second-order terms of that training inner loop.
     image_size: the grid the conv encoder rasterizes context points onto when no size is given.
+    logvar_init: initial log-variance of the latent (small, so the latent is not drowned in noise at the start).
+    flip: mirror training images left-right at random (augmentation for data with that symmetry, e.g. faces).
     """
     encoder: str = "set"
     latent_dim: int = 64
@@ -77,6 +84,7 @@ class HyperConfig:
     refine: str = "auto"
     refine_lr: float | None = None
     refine_steps: int = 0
+    refine_min_context: int = 50
     train_refine_steps: int = 0
     first_order: bool = False
     image_size: int = 32
@@ -106,11 +114,14 @@ class HyperConfig:
 
     @property
     def refine_step_size(self) -> float:
-        if self.refine_lr is not None:
+        return self.step_size_for(self.refine_target)
+
+    def step_size_for(self, target: str) -> float:
+        if self.refine_lr is not None and (self.refine != "auto" or target == self.refine_target):
             return float(self.refine_lr)
         table = ({"params": 1e-2, "shift": 1e-1, "latent": 1e-1} if self.train_refine_steps
                  else {"params": 1e-3, "shift": 1e-2, "latent": 5e-2})
-        return table[self.refine_target]
+        return table[target]
 
 
 def _gaussian_head(d_in: int, width: int, latent_dim: int, logvar_init: float) -> nn.Sequential:
@@ -325,7 +336,7 @@ class HyperPrior(nn.Module):
         loss = mse + self.cfg.beta * kl
         metrics = {"mse": float(mse.detach())}
         if self.cfg.train_refine_steps:
-            free, build = self._free(z, params)
+            free, build = self._free(z, params, self.cfg.refine_target)
             ones = ctx_values.new_ones(b, n)
             refined = self._sgd(free, build, coords[idx], ctx_values, ones, self.cfg.train_refine_steps,
                                 create_graph=not self.cfg.first_order)
@@ -403,12 +414,12 @@ class HyperPrior(nn.Module):
     def _generate_detached(self, z: torch.Tensor) -> Params:
         return {k: v.detach() for k, v in self.generate(z).items()}
 
-    def _free(self, z: torch.Tensor, params: Params):
-        """The tensors refinement changes (``refine_target``) and how to rebuild the parameters from them."""
-        if self.cfg.refine_target == "latent":
+    def _free(self, z: torch.Tensor, params: Params, target: str):
+        """The tensors refinement changes (``target``) and how to rebuild the parameters from them."""
+        if target == "latent":
             return {"z": z}, lambda free: self.generate(free["z"])
         shapes = param_shapes(self.net)
-        keys = self.net.sine_layer_names() if self.cfg.refine_target == "shift" else list(params)
+        keys = self.net.sine_layer_names() if target == "shift" else list(params)
         free = {k: params[k].expand(z.shape[0], *shapes[k]) for k in keys}  # shared tensors get a batch dim
         return free, lambda free: {**params, **free}
 
@@ -428,14 +439,18 @@ class HyperPrior(nn.Module):
     def _refine(self, z, coords, values, mask, steps: int) -> Params:
         """Refine from the generated function on the context; the prior itself is not changed."""
         weight = mask if mask is not None else values.new_ones(values.shape[:2])
+        target = self.cfg.refine_target
+        few = float(weight.sum(1).min()) < self.cfg.refine_min_context
+        if self.cfg.refine == "auto" and not self.cfg.train_refine_steps and few:
+            target = "latent"  # too few pixels to move every weight: they would be fitted at the cost of the rest
         with torch.enable_grad():
             base = self._generate_detached(z)
-            free, build = self._free(z.detach(), base)
+            free, build = self._free(z.detach(), base, target)
             free = {k: v.detach().clone().requires_grad_(True) for k, v in free.items()}
             if self.cfg.train_refine_steps:
                 return {k: v.detach() for k, v in self._sgd(free, build, coords, values, weight, steps,
                                                               create_graph=False).items()}
-            opt = torch.optim.Adam(list(free.values()), lr=self.cfg.refine_step_size)
+            opt = torch.optim.Adam(list(free.values()), lr=self.cfg.step_size_for(target))
             for _ in range(steps):
                 loss = self._context_loss(build(free), coords, values, weight)
                 for v, g in zip(free.values(), torch.autograd.grad(loss, list(free.values()))):

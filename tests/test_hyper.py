@@ -233,3 +233,12 @@ def test_meta_learned_refinement_trains_its_step_sizes(refine):
         coords, values = context(x, 20)
         one_pass = context_mse(prior.adapt_context(coords, values), coords, values)
         assert context_mse(prior.adapt_context(coords, values, steps=2), coords, values) < 0.9 * one_pass
+
+
+def test_auto_refinement_moves_only_the_latent_when_few_pixels_are_known():
+    prior, x = make(refine_min_context=30), images(2)
+    for n, target in ((20, "latent"), (40, "params")):
+        coords, values = context(x, n)
+        auto = prior.adapt_context(coords, values, steps=2).render(8, 8)
+        fixed = make(refine=target).adapt_context(coords, values, steps=2).render(8, 8)
+        torch.testing.assert_close(auto, fixed, rtol=0, atol=0)
