@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from dataclasses import MISSING, fields
 from pathlib import Path
 
@@ -140,6 +141,8 @@ def _train(args: argparse.Namespace) -> int:
     from . import data
     from .train import train
 
+    if args.compile:  # compiled kernels are cached in the run folder, not in the shared /tmp
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str((args.out / "inductor_cache").resolve()))
     train_set = data.load(args.data, size=args.size, split="train", channels=args.channels)
     if len(train_set) == 0:
         raise ValueError(f"dataset {args.data!r} has no training images")
@@ -159,7 +162,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _rank() -> int:
-    import os
     return int(os.environ.get("RANK", "0"))
 
 

@@ -109,9 +109,9 @@ def test_compile_matches_eager():
     sup = {"value": 1.0, "gradient": 0.1}
     eager, he = fit(img, steps=5, supervision=sup, net=net, lr=1e-3, progress=False)
     compiled, hc = fit(img, steps=5, supervision=sup, net=net, lr=1e-3, progress=False, compile=True)
-    for k in eager.params:  # different fusion/rounding only: 5 Adam steps of size ~1e-3 agree to ~1e-5
-        assert torch.allclose(eager.params[k], compiled.params[k], atol=1e-4, rtol=1e-4), k
-    assert abs(he.final_psnr[0] - hc.final_psnr[0]) < 0.05
+    for k in eager.params:  # fused kernels round differently: measured max difference 4e-8 after 5 steps
+        assert torch.allclose(eager.params[k], compiled.params[k], atol=1e-5, rtol=0), k
+    assert abs(he.final_psnr[0] - hc.final_psnr[0]) < 0.01
 
 
 def test_bad_arguments_raise_clear_errors():
