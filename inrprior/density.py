@@ -11,6 +11,8 @@ Each density is fitted with numpy / scikit-learn and then kept as plain tensors,
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import numpy as np
 import torch
 
@@ -46,7 +48,7 @@ def _chol(cov: np.ndarray, reg: float) -> np.ndarray:
     raise ValueError("covariance is not positive definite even after regularization")
 
 
-class _Density:
+class _Density(ABC):
     kind = ""
     dim: int
 
@@ -54,11 +56,13 @@ class _Density:
         if not hasattr(self, "dim"):
             raise RuntimeError(f"{type(self).__name__} is not fitted yet: call fit(x) first")
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``(n, dim)`` draws."""
 
-    def to_state(self) -> tuple[dict[str, torch.Tensor], dict]:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def to_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """Tensors and a JSON-able config that :func:`density_from_state` rebuilds the density from."""
 
 
 class Gaussian(_Density):
