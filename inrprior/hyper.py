@@ -514,29 +514,15 @@ class HyperPrior(nn.Module):
 
     # -- saving ---------------------------------------------------------------------------------------------------
     def to_state(self) -> tuple[dict[str, torch.Tensor], dict]:
-        tensors = {f"model.{k}": v for k, v in self.state_dict().items()}
-        config = self.config
-        if self.density is not None:
-            dt, dc = self.density.to_state()
-            tensors.update({f"density.{k}": v for k, v in dt.items()})
-            config["density"] = dc
-        return tensors, config
+        return _io.prior_to_state(self)
 
     @classmethod
     def from_state(cls, tensors: dict[str, torch.Tensor], config: dict) -> "HyperPrior":
         try:
-            net = Siren(**config["siren"])
-            prior = cls(net, HyperConfig(**config["hyper"]))
+            prior = cls(Siren(**config["siren"]), HyperConfig(**config["hyper"]))
         except (KeyError, TypeError) as e:
             raise ValueError(f"not a valid HyperPrior config: {e}") from None
-        model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-        dtype = next(iter(model.values())).dtype
-        prior.to(dtype).load_state_dict(model)
-        if config.get("density") is not None:
-            from .density import density_from_state
-            prior.density = density_from_state({k[len("density."):]: v for k, v in tensors.items()
-                                                if k.startswith("density.")}, config["density"])
-        return prior
+        return _io.restore_prior_state(prior, tensors, config)
 
     def save(self, path):
         """Save to ``path`` (one .safetensors file); load with ``inrprior.io.load_prior``."""

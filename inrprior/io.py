@@ -27,7 +27,7 @@ from .siren import Siren, batch_size_of
 
 __all__ = [
     "FORMAT_VERSION", "PRIORS", "save_state", "load_state", "save_functions", "load_functions", "register_prior",
-    "save_prior", "load_prior", "load", "check_writable",
+    "save_prior", "load_prior", "load", "check_writable", "prior_to_state", "restore_prior_state",
 ]
 
 log = logging.getLogger(__name__)
@@ -208,6 +208,30 @@ def register_prior(kind: str, cls: type) -> type:
         raise TypeError(f"{cls.__name__} must implement to_state() and from_state()")
     PRIORS[kind] = cls
     return cls
+
+
+def prior_to_state(prior) -> tuple[dict[str, torch.Tensor], dict]:
+    """What every prior saves: its module's ``state_dict`` under ``model.`` and, once fitted, its sampling density
+    under ``density.`` (with the density's config in ``config["density"]``)."""
+    tensors = {f"model.{k}": v for k, v in prior.state_dict().items()}
+    config = prior.config
+    if prior.density is not None:
+        dt, dc = prior.density.to_state()
+        tensors.update({f"density.{k}": v for k, v in dt.items()})
+        config["density"] = dc
+    return tensors, config
+
+
+def restore_prior_state(prior, tensors: dict[str, torch.Tensor], config: dict):
+    """Load what :func:`prior_to_state` saved into a freshly built ``prior`` (in the saved dtype); returns it."""
+    from .density import density_from_state
+
+    model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    prior.to(next(iter(model.values())).dtype).load_state_dict(model)
+    if config.get("density") is not None:
+        prior.density = density_from_state({k[len("density."):]: v for k, v in tensors.items()
+                                            if k.startswith("density.")}, config["density"])
+    return prior
 
 
 def save_prior(prior, path) -> Path:

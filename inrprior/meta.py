@@ -480,13 +480,7 @@ class MetaPrior(nn.Module):
 
     # -- saving -------------------------------------------------------------------------------------------------
     def to_state(self) -> tuple[dict[str, torch.Tensor], dict]:
-        tensors = {f"model.{k}": v for k, v in self.state_dict().items()}
-        config = self.config
-        if self.density is not None:
-            dt, dc = self.density.to_state()
-            tensors.update({f"density.{k}": v for k, v in dt.items()})
-            config["density"] = dc
-        return tensors, config
+        return _io.prior_to_state(self)
 
     @classmethod
     def from_state(cls, tensors: dict[str, torch.Tensor], config: dict) -> "MetaPrior":
@@ -494,13 +488,7 @@ class MetaPrior(nn.Module):
             prior = cls(Siren(**config["siren"]), MetaConfig(**config["meta"]))
         except (KeyError, TypeError) as e:
             raise ValueError(f"not a valid MetaPrior config: {e}") from None
-        model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-        prior.to(next(iter(model.values())).dtype).load_state_dict(model)
-        if config.get("density") is not None:
-            from .density import density_from_state
-            prior.density = density_from_state({k[len("density."):]: v for k, v in tensors.items()
-                                                if k.startswith("density.")}, config["density"])
-        return prior
+        return _io.restore_prior_state(prior, tensors, config)
 
     def save(self, path):
         """Save to ``path`` (one .safetensors file); load with ``inrprior.io.load_prior`` or ``inrprior.load``."""
