@@ -43,6 +43,16 @@ def _hwc(image) -> np.ndarray:
     return a
 
 
+def _save(fig, path, title: str | None = None, dpi: int = 100) -> Path:
+    """Caption, lay out and write a figure; returns its path."""
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = _out(path)
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
 def _out(path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,12 +121,7 @@ def image_grid(images, path, nrow: int | None = None, titles: Sequence[str] | No
             ax.imshow(np.clip(images[k], 0, 1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             if titles is not None:
                 ax.set_title(titles[k], fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = _out(path)
-    fig.savefig(path, dpi=100)
-    return path
+    return _save(fig, path, title)
 
 
 def plot_curves(curves: dict, path, xlabel: str = "step", ylabel: str = "PSNR (dB)", logx: bool = False,
@@ -203,12 +208,7 @@ def fit_figure(rows: list[dict], path, title: str | None = None) -> Path:
             if data is not None:
                 ax.imshow(data, interpolation="nearest", **style)
                 ax.set_title(label, fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = _out(path)
-    fig.savefig(path, dpi=100)
-    return path
+    return _save(fig, path, title)
 
 
 def derivative_rows(query, names: Sequence[str] | None = None) -> list[dict]:

@@ -12,13 +12,7 @@ from inrprior.hyper import HyperConfig, HyperPrior
 from inrprior.siren import Siren, param_shapes
 from inrprior.train import ShardedGenerator
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny tensors: thread start-up and contention cost more than they save on a shared CPU
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.py
 
 
 SMALL = dict(hidden=32, latent_dim=8, head_width=8, encoder_layers=2, fourier_bands=3, image_size=8, min_context=4)

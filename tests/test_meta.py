@@ -11,13 +11,7 @@ from inrprior.meta import LATENT, MetaPrior, adapt, adapt_tasks, task_loss
 from inrprior.train import ShardedGenerator
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny ops: a second OpenMP thread only adds synchronization (and stalls badly on a busy machine).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.py
 
 
 def make(dtype=torch.float64, seed=0, channels=3, **kw):
