@@ -7,11 +7,13 @@ target (:func:`inrprior.targets.image_gradient`), both converted from coordinate
 times ``4 / (W H)``. Each term is a mean over points and channels, summed over the images of a batch (so every image
 of a batch is fitted exactly as it would be alone).
 
-Training runs a hand-written forward mode (:func:`siren_query`): the value, its two tangents and its Laplacian go
-through each layer as ONE stacked matrix product (value-only fitting is the plain forward pass). It is tested
-against :func:`inrprior.functions.query_params`, the torch.func path: it is as fast for gradients and about 2.5x
-faster for Laplacians in eager mode, and being plain tensor code it compiles (``compile=True``) into fused kernels
-(numbers in experiments/fit_supervision.py).
+Training runs a hand-written forward mode (:func:`inrprior.functions.siren_query`, also importable from here): the
+value, its two tangents and its Laplacian go through each layer as ONE stacked matrix product (value-only fitting is
+the plain forward pass). It is tested against :func:`inrprior.functions.query_params`, the torch.func path: it is as
+fast for gradients and about 2.5x faster for Laplacians in eager mode, and being plain tensor code it compiles
+(``compile=True``) into fused kernels (numbers in experiments/fit_supervision.py). ``amp="bf16"`` runs that forward
+and the loss under bfloat16 autocast (the matmuls in bf16); the weights, their gradients and Adam's state stay
+float32.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .coords import as_image_batch, grid, image_to_points, points_to_image
-from .functions import Functions, Query
+from .functions import Functions, check_amp, siren_query
 from .siren import Params, Siren, batch_size_of, param_shapes
 from .targets import align_affine, align_offset, image_gradient, image_laplacian, psnr
 
@@ -73,58 +75,6 @@ def parse_supervision(supervision: str | Mapping[str, float]) -> dict[str, float
     if not weights:
         raise ValueError("supervision needs at least one positive weight")
     return weights
-
-
-def siren_query(net: Siren, params: Params, coords: torch.Tensor, order: int = 0) -> Query:
-    """Values and (up to ``order``) derivatives of a batch of SIRENs, by a hand-written forward mode.
-
-    Each layer multiplies the stacked ``[value; d/dx; d/dy; Laplacian]`` rows by its weights at once. Same results
-    and units as :func:`~inrprior.functions.query_params`, but only for a :class:`Siren` whose every parameter has
-    the leading batch dimension and for shared coordinates.
-
-    Args:
-        net: the architecture.
-        params: ``(B, ...)`` parameter dict.
-        coords: ``(N, 2)`` shared points.
-        order: 0 values, 1 values and gradients, 2 also Laplacians.
-    Returns:
-        :class:`~inrprior.functions.Query` with value ``(B, N, C)``, gradient ``(B, N, C, 2)`` if ``order >= 1``,
-        laplacian ``(B, N, C)`` if ``order == 2``.
-    """
-    n, w0, depth = coords.shape[0], net.w0, len(net.layers)
-    w, b = params["layers.0.weight"], params["layers.0.bias"]  # (b, d, in), (b, d)
-    u = torch.matmul(coords, w0 * w.transpose(1, 2)) + w0 * b[:, None]  # (b, n, d): the sine's argument
-    s = torch.sin(u)
-    if order == 0:
-        h = s
-    else:
-        c = torch.cos(u)
-        du = (w0 * w).transpose(1, 2)[:, :, None, :]  # (b, 2, 1, d): constant over points
-        streams = [s, (c[:, None] * du).flatten(1, 2)]  # value (b, n, d), tangents (b, 2n, d)
-        if order == 2:
-            streams.append(-s * du.square().sum(1))  # the first layer is linear: no second-derivative term
-        h = torch.cat(streams, 1)  # (b, s*n, d)
-    for i in range(1, depth):
-        w, b = params[f"layers.{i}.weight"], params[f"layers.{i}.bias"]
-        if i == depth - 1:
-            z = torch.bmm(h, w.transpose(1, 2))  # (b, s*n, c)
-            break
-        z = torch.bmm(h, (w0 * w).transpose(1, 2))  # (b, s*n, d)
-        u = z[:, :n] + w0 * b[:, None]
-        s = torch.sin(u)
-        if order == 0:
-            h = s
-            continue
-        c = torch.cos(u)
-        du = z[:, n:3 * n].unflatten(1, (2, n))  # (b, 2, n, d)
-        streams = [s, (c[:, None] * du).flatten(1, 2)]
-        if order == 2:
-            streams.append(c * z[:, 3 * n:] - s * du.square().sum(1))
-        h = torch.cat(streams, 1)
-    value = (z[:, :n] + b[:, None] + 1) / 2  # the network speaks [-1, 1]; colours are [0, 1]
-    gradient = z[:, n:3 * n].unflatten(1, (2, n)).permute(0, 2, 3, 1) / 2 if order >= 1 else None
-    laplacian = z[:, 3 * n:] / 2 if order == 2 else None
-    return Query(value=value, gradient=gradient, laplacian=laplacian)
 
 
 def _loss(net, params, coords, targets: dict, weights: dict, value_mask, pixel, order: int):
@@ -188,13 +138,14 @@ def _initial_params(net, init, b: int, seed: int, device, dtype) -> Params:
 
 def _optimize(net, params: Params, images: torch.Tensor, targets: dict, weights: dict, reference: torch.Tensor,
               value_mask, steps: int, lr: float, batch_size, progress: bool, seed: int, compile: bool,
-              log_every, desc: str) -> History:
+              amp: str | None, log_every, desc: str) -> History:
     """The shared loop of :func:`fit` and :func:`blend`: Adam on ``params`` (in place) against ``targets``."""
     start = time.perf_counter()
     if not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
+    check_amp(amp)
     b, c, h, w = images.shape
     coords = grid(h, w, device=images.device, dtype=images.dtype)  # (n, 2)
     npts = coords.shape[0]
@@ -208,8 +159,9 @@ def _optimize(net, params: Params, images: torch.Tensor, targets: dict, weights:
     if not isinstance(log_every, int) or log_every < 1:
         raise ValueError(f"log_every must be a positive integer, got {log_every!r}")
 
-    def loss_fn(params, coords, targets, value_mask):
-        return _loss(net, params, coords, targets, weights, value_mask, pixel, order).sum()
+    def loss_fn(params, coords, targets, value_mask):  # the backward runs outside autocast, as PyTorch advises
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
+            return _loss(net, params, coords, targets, weights, value_mask, pixel, order).sum().float()
     if compile:
         loss_fn = torch.compile(loss_fn, dynamic=False)
     opt = torch.optim.Adam(params.values(), lr=lr)
@@ -261,7 +213,7 @@ def _setup_net(net, channels: int, device, dtype):
 
 def fit(image: Any, steps: int = 1000, supervision: str | Mapping[str, float] = "value", net: Siren | None = None,
         lr: float = 1e-4, batch_size: int | None = None, progress: bool = True, seed: int = 0,
-        compile: bool = False, init: Functions | Params | None = None,
+        compile: bool = False, amp: str | None = None, init: Functions | Params | None = None,
         log_every: int | None = None) -> tuple[Functions, History]:
     """Fit one SIREN per image with Adam, from its values, gradients, Laplacian, or a weighted mix.
 
@@ -283,6 +235,9 @@ def fit(image: Any, steps: int = 1000, supervision: str | Mapping[str, float] = 
         seed: seeds the initialization and the pixel batches.
         compile: run the loss (forward and backward) through ``torch.compile``; same result, faster after a one-off
             compilation.
+        amp: ``"bf16"`` runs the forward and the loss under bfloat16 autocast on the image's device (a GPU speed
+            option; works with ``compile``). Weights and optimizer state stay float32, and the PSNR in the history
+            is measured in float32. bf16 rounds the sine's argument, so the fit stalls a little lower.
         init: starting parameters (a :class:`Functions` of 1 or ``B`` functions, or a parameter dict) instead of a
             fresh Sitzmann initialization; it is copied, not changed.
         log_every: record loss and PSNR every this many steps (default ``steps // 50``) and at the end.
@@ -297,7 +252,7 @@ def fit(image: Any, steps: int = 1000, supervision: str | Mapping[str, float] = 
     params = _initial_params(net, init, images.shape[0], seed, images.device, images.dtype)
     targets = _targets(images, weights)
     hist = _optimize(net, params, images, targets, weights, images, None, steps, lr, batch_size, progress, seed,
-                     compile, log_every, desc="fit " + "+".join(weights))
+                     compile, amp, log_every, desc="fit " + "+".join(weights))
     return Functions(net, {k: v.detach() for k, v in params.items()}), hist
 
 
@@ -315,7 +270,7 @@ def _targets(images: torch.Tensor, weights: Mapping[str, float], gradient: torch
 
 def blend(base: Any, insert: Any, mask: Any = None, steps: int = 1000, mixed: bool = False,
           value_weight: float = 1.0, net: Siren | None = None, lr: float = 1e-4, batch_size: int | None = None,
-          progress: bool = True, seed: int = 0, compile: bool = False,
+          progress: bool = True, seed: int = 0, compile: bool = False, amp: str | None = None,
           log_every: int | None = None) -> tuple[Functions, History]:
     """Merge two images in the gradient domain by fitting a SIREN to a composite gradient field.
 
@@ -328,7 +283,7 @@ def blend(base: Any, insert: Any, mask: Any = None, steps: int = 1000, mixed: bo
     Args:
         base, insert: images of one shape, ``(C, H, W)`` or ``(B, C, H, W)`` in ``[0, 1]`` (tensor, numpy, PIL).
         mask: ``None`` or ``(H, W)`` bool/float in ``[0, 1]``: where the insert's gradients are used.
-        steps, net, lr, batch_size, progress, seed, compile, log_every: as in :func:`fit`.
+        steps, net, lr, batch_size, progress, seed, compile, amp, log_every: as in :func:`fit`.
     Returns:
         ``(functions, history)``; the history's PSNR compares with the naive composite (``base + insert`` shifted to the
         base's mean without a mask, offset-aligned; the cut-and-paste composite with a mask, not aligned).
@@ -356,7 +311,7 @@ def blend(base: Any, insert: Any, mask: Any = None, steps: int = 1000, mixed: bo
     params = _initial_params(net, None, b, seed, base_b.device, base_b.dtype)
     targets = _targets(base_b, weights, gradient=gradient)
     hist = _optimize(net, params, base_b, targets, weights, reference, value_mask, steps, lr, batch_size, progress,
-                     seed, compile, log_every, desc="blend")
+                     seed, compile, amp, log_every, desc="blend")
     params = {k: v.detach() for k, v in params.items()}
     if mask is None:  # fix the free constant: the mean of the result is the base's mean
         shift = (base_b - _render(net, params, h, w)).mean(dim=(-2, -1))  # (b, c)
