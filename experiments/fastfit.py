@@ -11,7 +11,7 @@ PSNRs are of the unclamped function values at the pixel centres (the same for th
 over images. Output (``--out``, default ``runs/fastfit``): ``results.json``, ``psnr_vs_steps.png``,
 ``context10.png``, ``reconstructions.png`` and one training folder per variant.
 
-    python experiments/fastfit.py                                  # faces 32x32, demo-sized training (all variants)
+    python experiments/fastfit.py                                  # faces 32x32, the demo's training (all variants)
     python experiments/fastfit.py --data patches --size 64 --out runs/fastfit-patches64
     python experiments/fastfit.py --quick                          # minutes on a busy CPU, small SIREN
 """
@@ -27,6 +27,7 @@ import torch
 import inrprior as ip
 from inrprior import data as ipdata
 from inrprior.coords import image_to_points
+from inrprior.demo import DemoConfig
 from inrprior.functions import query_params
 from inrprior.meta import MetaPrior, adapt_tasks
 from inrprior.train import train as train_prior
@@ -108,23 +109,25 @@ def main(argv=None):
     p.add_argument("--data", default="faces")
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {list(VARIANTS)}")
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--layers", type=int, default=3)
-    p.add_argument("--train-steps", type=int, default=300)
+    demo = DemoConfig()  # the defaults are the demo's prior training ("demo-sized training")
+    p.add_argument("--hidden", type=int, default=demo.prior_hidden)
+    p.add_argument("--layers", type=int, default=demo.prior_layers)
+    p.add_argument("--train-steps", type=int, default=demo.prior_steps)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--outer-lr", type=float, default=5e-5)
+    p.add_argument("--outer-lr", type=float, default=demo.prior_lr)
     p.add_argument("--inner-steps", type=int, default=3)
-    p.add_argument("--inner-lr", type=float, default=4e-2,
+    p.add_argument("--inner-lr", type=float, default=demo.prior_inner_lr,
                    help="SGD step of the inner loop (MetaPrior default 1e-2 is slower; see the report)")
     p.add_argument("--adam-steps", type=int, default=1000)
     p.add_argument("--adam-lr", type=float, default=1e-4)
     p.add_argument("--test-images", type=int, default=20)
     p.add_argument("--threads", type=int, default=None, help="torch threads (1 is faster on a busy machine)")
     p.add_argument("--out", default="runs/fastfit")
-    p.add_argument("--quick", action="store_true", help="3x128 SIREN, 100 steps, variants maml,latent,maml-ctx10")
+    p.add_argument("--quick", action="store_true",
+                   help="100 outer steps, 300 Adam steps, 10 test images, variants maml,latent,maml-ctx10")
     p.add_argument("--no-progress", action="store_true")
     if p.parse_known_args(argv)[0].quick:  # quick changes the defaults; explicit flags still win
-        p.set_defaults(hidden=128, train_steps=100, adam_steps=300, test_images=10, variants="maml,latent,maml-ctx10")
+        p.set_defaults(train_steps=100, adam_steps=300, test_images=10, variants="maml,latent,maml-ctx10")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from inrprior import io
-from inrprior.coords import image_to_points
+from inrprior.coords import image_to_points, pixel_to_coord
 from inrprior.functions import Functions
 from inrprior.hyper import HyperConfig, HyperPrior
 from inrprior.siren import Siren, param_shapes
@@ -86,7 +86,8 @@ def test_set_encoder_is_order_invariant_and_masked_pooling_ignores_padding():
     torch.testing.assert_close(f_m.render(8, 8), prior.adapt_context(coords, values).render(8, 8))
 
 
-@pytest.mark.parametrize("output,encoder", [("weights", "set"), ("shift", "set"), ("weights", "conv")])
+@pytest.mark.parametrize("output,encoder", [("weights", "set"), ("shift", "set"), ("weights", "conv"),
+                                            ("weights", "grid")])
 def test_training_steps_lower_the_reconstruction_error(output, encoder):
     prior, x = make(output, encoder), images(8)
 
@@ -143,7 +144,7 @@ def test_sample_and_interpolate_give_functions(density):
     torch.testing.assert_close(line.render(8, 8)[[0, 3]], ends)
 
 
-@pytest.mark.parametrize("output,encoder", [("weights", "set"), ("shift", "conv")])
+@pytest.mark.parametrize("output,encoder", [("weights", "set"), ("shift", "conv"), ("weights", "grid")])
 def test_state_roundtrip_gives_identical_outputs(tmp_path, output, encoder):
     prior, x = make(output, encoder, channels=3), images(4, c=3)
     prior.fit_density(x, kind="gaussian")
@@ -168,6 +169,27 @@ def test_conv_encoder_reads_partial_context():
     mask = torch.ones(2, 12)
     mask[:, 6:] = 0
     torch.testing.assert_close(prior.encode(coords, values, mask)[0], prior.encode(coords[:, :6], values[:, :6])[0])
+
+
+def test_grid_encoder_reads_its_grids_at_any_coordinate():
+    prior, x = make(encoder="grid"), images(2)
+    enc = prior.encoder
+    assert torch.allclose(enc.features[0, 0], torch.ones(8, 8))  # the DCT init: feature 0 is the constant
+    coords, values = context(x, 12)
+    perm = torch.randperm(12, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(prior.encode(coords[:, perm], values[:, perm])[0], prior.encode(coords, values)[0])
+    mask = torch.ones(2, 12)
+    mask[:, 6:] = 0
+    torch.testing.assert_close(prior.encode(coords, values, mask)[0], prior.encode(coords[:, :6], values[:, :6])[0])
+    # a point between pixel centres reads the bilinear mix of the four grid cells around it
+    with torch.no_grad():
+        enc.features.normal_()
+    between = pixel_to_coord(3.5, 2.5, 8, 8)[None, None]  # (1, 1, 2)
+    read = torch.nn.functional.grid_sample(enc.features, between[:, :, None], align_corners=False)[0, :, 0, 0]
+    expected = enc.features[0, :, 2:4, 3:5].mean((1, 2))
+    torch.testing.assert_close(read, expected)
+    # refinement from a one-pass guess still works
+    assert prior.adapt_context(coords, values, steps=2).render(8, 8).shape == (2, 1, 8, 8)
 
 
 def test_clear_errors():
