@@ -25,12 +25,11 @@ import numpy as np
 import torch
 
 import inrprior as ip
-from inrprior import data as ipdata
 from inrprior.hyper import HyperPrior
 from inrprior.io import load_prior
 
 sys.path.insert(0, str(Path(__file__).parent))
-from inpainting import HYPER, META, train_for  # noqa: E402
+from inpainting import HYPER, META, load_split, train_for  # noqa: E402
 
 
 def two_sample_accuracy(fake: torch.Tensor, real: torch.Tensor, seed: int) -> float:
@@ -94,7 +93,9 @@ def main(argv=None):
     p.add_argument("--siren", default="3x64")
     p.add_argument("--minutes", type=float, default=15.0)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--split", choices=("rule", "anchor"), default="rule",
+                   help="as in experiments/inpainting.py; with --from, the split that run used")
     p.add_argument("--meta-lr", type=float, default=1e-4)
     p.add_argument("--n", type=int, default=16, help="samples per grid")
     p.add_argument("--render-size", type=int, default=64)
@@ -112,7 +113,9 @@ def main(argv=None):
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    train, test = ipdata.stack(ipdata.load(a.data, a.size, "train")), ipdata.stack(ipdata.load(a.data, a.size, "test"))
+    if a.from_run:  # score on the split the priors were trained with
+        a.split = json.loads((Path(a.from_run) / "results.json").read_text())["config"].get("split", "rule")
+    train, test = load_split(a.data, a.size, a.split)
     c, h, w = train.shape[1:]
     priors = get_priors(a, train, c)
     hyper, r = priors["hyper"], a.render_size
