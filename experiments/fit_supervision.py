@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import inrprior as ip  # noqa: E402
 from inrprior.fit import _targets, fit  # noqa: E402
-from inrprior.functions import query_params  # noqa: E402
+from inrprior.functions import query_params_autodiff  # noqa: E402
 from inrprior.targets import align_affine, align_offset, image_gradient, image_laplacian  # noqa: E402
 
 STREAMS = {"value": 1, "gradient": 3, "laplacian": 4}
@@ -68,12 +68,12 @@ def mm_gflops(rows: int, width: int, device, reps: int = 3) -> float:
 
 
 def torch_func_ms(net, params, coords, targets, name: str, steps: int) -> float:
-    """ms per step of the same loss through the generic torch.func path (query_params), for comparison."""
+    """ms per step of the same loss through the generic torch.func path (query_params_autodiff), for comparison."""
     params = {k: v.clone().requires_grad_() for k, v in params.items()}
     times = []
     for _ in range(steps + 1):
         t = time.perf_counter()
-        q = query_params(net, params, coords, (name,))
+        q = query_params_autodiff(net, params, coords, (name,))
         (getattr(q, name) - targets).square().mean().backward()
         times.append(time.perf_counter() - t)
     return 1000 * min(times[1:])

@@ -66,7 +66,7 @@ def _cell(v) -> str:
 
 def fit_stage(out: Path, config: DemoConfig, device: torch.device, progress: bool) -> Section:
     """Fit the cameraman from its values, from its gradients only and from its Laplacian only."""
-    from .cli import write_fit_outputs
+    from .cli_image import write_fit_outputs
     from .data import photo
     from .fit import fit
     from .plots import fit_figure, plot_curves
@@ -104,7 +104,7 @@ def fit_stage(out: Path, config: DemoConfig, device: torch.device, progress: boo
 
 def blend_stage(out: Path, config: DemoConfig, device: torch.device, progress: bool) -> Section:
     """Poisson-composite the cat of ``chelsea`` into the cup of ``coffee`` inside a disk."""
-    from .cli import write_blend_outputs
+    from .cli_image import write_blend_outputs
     from .coords import grid
     from .data import photo
     from .fit import blend

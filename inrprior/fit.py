@@ -7,13 +7,13 @@ target (:func:`inrprior.targets.image_gradient`), both converted from coordinate
 times ``4 / (W H)``. Each term is a mean over points and channels, summed over the images of a batch (so every image
 of a batch is fitted exactly as it would be alone).
 
-Training runs a hand-written forward mode (:func:`inrprior.functions.siren_query`, also importable from here): the
-value, its two tangents and its Laplacian go through each layer as ONE stacked matrix product (value-only fitting is
-the plain forward pass). It is tested against :func:`inrprior.functions.query_params`, the torch.func path: it is as
-fast for gradients and about 2.5x faster for Laplacians in eager mode, and being plain tensor code it compiles
-(``compile=True``) into fused kernels (numbers in experiments/fit_supervision.py). ``amp="bf16"`` runs that forward
-and the loss under bfloat16 autocast (the matmuls in bf16); the weights, their gradients and Adam's state stay
-float32.
+Training runs the hand-written forward mode every query of a SIREN uses (:func:`inrprior.functions.siren_query`,
+also importable from here): the value, its two tangents and its Laplacian go through each layer as ONE stacked
+matrix product (value-only fitting is the plain forward pass). It is tested against
+:func:`inrprior.functions.query_params_autodiff`, the torch.func path: it is as fast for gradients and about 2.5x
+faster for Laplacians in eager mode, and being plain tensor code it compiles (``compile=True``) into fused kernels
+(numbers in experiments/fit_supervision.py). ``amp="bf16"`` runs that forward and the loss under bfloat16
+autocast (the matmuls in bf16); the weights, their gradients and Adam's state stay float32.
 """
 from __future__ import annotations
 

@@ -1,9 +1,11 @@
 """A batch of SIREN functions, queried at continuous coordinates with values, gradients and Laplacians.
 
-Derivatives are taken with forward-mode AD (``torch.func.jvp``) along the two coordinate axes: with a 2-D input,
-two directional derivatives give the gradient and two nested ones the Laplacian, for every point at once. All of it
-composes with reverse-mode autograd, so the same path serves queries, gradient/Laplacian supervision and
-meta-learning.
+One path computes them for a :class:`Siren`: :func:`siren_query`, a hand-written forward mode that carries the
+value, its two coordinate derivatives and its Laplacian through each layer as one stacked matrix product (a
+value-only query is a plain forward pass). It is plain tensor code, so it composes with reverse-mode autograd (the
+same path serves queries, gradient/Laplacian supervision and hypernetwork training), runs under ``vmap`` and
+compiles. :func:`query_params_autodiff` takes the derivatives with ``torch.func`` (``jvp`` along the two axes, nested
+for the Laplacian) instead: it serves any other module and is the oracle the tests check :func:`siren_query` against.
 
 Units: values are colours on the image scale ``[0, 1]`` (not clamped); derivatives are of that colour with respect
 to the ``[-1, 1]`` coordinates. :func:`gradient_per_pixel` and :func:`laplacian_per_pixel` convert to pixel units.
@@ -22,8 +24,8 @@ from torch.func import functional_call, jvp, vmap
 from .coords import check_coords, grid
 from .siren import Params, Siren, batch_size_of, param_shapes
 
-__all__ = ["Functions", "Query", "query_params", "siren_query", "gradient_per_pixel", "laplacian_per_pixel",
-           "DERIVATIVES"]
+__all__ = ["Functions", "Query", "query_params", "query_params_autodiff", "siren_query", "gradient_per_pixel",
+           "laplacian_per_pixel", "DERIVATIVES"]
 
 DERIVATIVES = ("value", "gradient", "laplacian")
 
@@ -71,14 +73,30 @@ def query_params(net: nn.Module, params: Params, coords: torch.Tensor,
                  derivatives: Iterable[str] | str = ("value",)) -> Query:
     """Query the functions ``params`` describe (a pure function of its inputs; differentiable in ``params``).
 
+    A :class:`Siren` runs the hand-written forward mode :func:`siren_query`; any other module runs
+    :func:`query_params_autodiff`.
+
     Args:
-        net: the architecture (a :class:`Siren`).
+        net: the architecture (a :class:`Siren`, or any module mapping ``(N, 2)`` points to ``(N, C)``).
         params: parameter dict; tensors with a leading batch dim ``B`` are per function, others shared.
         coords: ``(N, 2)`` points shared by all functions, or ``(B, N, 2)``.
         derivatives: any of ``"value"``, ``"gradient"``, ``"laplacian"``.
     Returns:
-        :class:`Query` on the image scale (see the module docstring for units).
+        :class:`Query` on the image scale (see the module docstring for units): value ``(B, N, C)``,
+        gradient ``(B, N, C, 2)``, laplacian ``(B, N, C)``.
     """
+    if not isinstance(net, Siren):
+        return query_params_autodiff(net, params, coords, derivatives)
+    derivatives = _check_derivatives(derivatives)
+    coords = check_coords(coords, batch=batch_size_of(params, net))
+    return _forward_mode_chunk(net, params, coords, derivatives)
+
+
+def query_params_autodiff(net: nn.Module, params: Params, coords: torch.Tensor,
+                          derivatives: Iterable[str] | str = ("value",)) -> Query:
+    """:func:`query_params` by ``torch.func``: ``jvp`` along the two axes (nested for the Laplacian), ``vmap``ped
+    over functions. Works for any module; for a :class:`Siren` it is the reference the fast path is tested against.
+    Same arguments and returns as :func:`query_params`."""
     derivatives = _check_derivatives(derivatives)
     shapes = param_shapes(net)
     b = batch_size_of(params, net)
@@ -108,57 +126,76 @@ def query_params(net: nn.Module, params: Params, coords: torch.Tensor,
     )
 
 
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """A bias ``(d,)`` or ``(b, d)`` broadcast over the rows of ``(..., rows, d)`` activations."""
+    return t[:, None] if t.dim() == 2 else t
+
+
+def _affine(h: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``h @ w.T + bias`` for rows ``([b,] n, k)``, weights ``([b,] d, k)`` and a bias ``([b,] d)``; the bias is
+    added inside the matrix product where the shapes allow (one pass over the result fewer)."""
+    if w.dim() == 3:
+        return torch.baddbmm(_rows(bias), h.expand(w.shape[0], *h.shape[-2:]), w.transpose(1, 2))
+    if bias.dim() == 1:
+        return torch.addmm(bias, h.reshape(-1, h.shape[-1]), w.T).view(*h.shape[:-1], w.shape[0])
+    return h @ w.T + _rows(bias)
+
+
 def siren_query(net: Siren, params: Params, coords: torch.Tensor, order: int = 0) -> Query:
     """Values and (up to ``order``) derivatives of a batch of SIRENs, by a hand-written forward mode.
 
-    Each layer multiplies the stacked ``[value; d/dx; d/dy; Laplacian]`` rows by its weights at once. Same results
-    and units as :func:`query_params`, but only for a :class:`Siren` whose every parameter has the leading batch
-    dimension and for shared coordinates. Being plain tensor code, it compiles (``fit(compile=True)``,
-    ``render(compile=True)``).
+    Each layer multiplies the stacked ``[value; d/dx; d/dy; Laplacian]`` rows by its weights at once; ``order=0`` is
+    the plain forward pass. Shared tensors stay unbatched (broadcast, not copied) until a per-function tensor meets
+    them. No input checks (:func:`query_params` does them); being plain tensor code, it is differentiable in
+    ``params``, runs under ``vmap`` and compiles (``fit(compile=True)``, ``render(compile=True)``).
 
     Args:
         net: the architecture.
-        params: ``(B, ...)`` parameter dict.
-        coords: ``(N, 2)`` shared points.
+        params: parameter dict; tensors with a leading batch dim ``B`` are per function, others shared.
+        coords: ``(N, 2)`` points shared by all functions, or ``(B, N, 2)``.
         order: 0 values, 1 values and gradients, 2 also Laplacians.
     Returns:
         :class:`Query` with value ``(B, N, C)``, gradient ``(B, N, C, 2)`` if ``order >= 1``,
         laplacian ``(B, N, C)`` if ``order == 2``.
     """
-    n, w0, depth = coords.shape[0], net.w0, len(net.layers)
-    w, b = params["layers.0.weight"], params["layers.0.bias"]  # (b, d, in), (b, d)
-    u = torch.matmul(coords, w0 * w.transpose(1, 2)) + w0 * b[:, None]  # (b, n, d): the sine's argument
-    s = torch.sin(u)
+    n, w0, last = coords.shape[-2], net.w0, len(net.layers) - 1
+    weights = [params[f"layers.{i}.weight"] for i in range(last + 1)]  # ([b,] d, k)
+    biases = [params[f"layers.{i}.bias"] for i in range(last + 1)]  # ([b,] d)
     if order == 0:
-        h = s
+        h = coords
+        for w, b in zip(weights[:-1], biases[:-1]):
+            h = torch.sin(_affine(h, w0 * w, w0 * b))
+        q = Query(value=(_affine(h, weights[-1], biases[-1]) + 1) / 2)  # the network's [-1, 1] to colours
     else:
-        c = torch.cos(u)
-        du = (w0 * w).transpose(1, 2)[:, :, None, :]  # (b, 2, 1, d): constant over points
-        streams = [s, (c[:, None] * du).flatten(1, 2)]  # value (b, n, d), tangents (b, 2n, d)
+        q = _derivative_streams(coords, weights, biases, w0, order)
+    batch = coords.shape[0] if coords.dim() == 3 else batch_size_of(params, net)
+    # all-shared inputs (or only a per-function output bias) leave results without the batch dim
+    return q.map(lambda name, t: t if t.dim() == (4 if name == "gradient" else 3) else t.expand(batch, *t.shape))
+
+
+def _derivative_streams(coords, weights, biases, w0: float, order: int) -> Query:
+    """:func:`siren_query` for ``order`` 1 or 2: the stacked streams through every layer."""
+    n = coords.shape[-2]
+    u = _affine(coords, w0 * weights[0], w0 * biases[0])  # ([b,] n, d): the sine's argument
+    s, c = torch.sin(u), torch.cos(u)
+    du = (w0 * weights[0]).transpose(-1, -2)[..., None, :]  # ([b,] 2, 1, d): constant over points
+    streams = [s, (c[..., None, :, :] * du).flatten(-3, -2)]  # value ([b,] n, d), tangents ([b,] 2n, d)
+    if order == 2:
+        streams.append(-s * du.square().sum(-3))  # the first layer is linear: no second-derivative term
+    h = torch.cat(streams, -2)
+    for w, b in zip(weights[1:-1], biases[1:-1]):
+        z = h @ (w0 * w).transpose(-1, -2)  # ([b,] s*n, d)
+        u = z[..., :n, :] + w0 * _rows(b)
+        s, c = torch.sin(u), torch.cos(u)
+        du = z[..., n:3 * n, :].unflatten(-2, (2, n))  # ([b,] 2, n, d)
+        streams = [s, (c[..., None, :, :] * du).flatten(-3, -2)]
         if order == 2:
-            streams.append(-s * du.square().sum(1))  # the first layer is linear: no second-derivative term
-        h = torch.cat(streams, 1)  # (b, s*n, d)
-    for i in range(1, depth):
-        w, b = params[f"layers.{i}.weight"], params[f"layers.{i}.bias"]
-        if i == depth - 1:
-            z = torch.bmm(h, w.transpose(1, 2))  # (b, s*n, c)
-            break
-        z = torch.bmm(h, (w0 * w).transpose(1, 2))  # (b, s*n, d)
-        u = z[:, :n] + w0 * b[:, None]
-        s = torch.sin(u)
-        if order == 0:
-            h = s
-            continue
-        c = torch.cos(u)
-        du = z[:, n:3 * n].unflatten(1, (2, n))  # (b, 2, n, d)
-        streams = [s, (c[:, None] * du).flatten(1, 2)]
-        if order == 2:
-            streams.append(c * z[:, 3 * n:] - s * du.square().sum(1))
-        h = torch.cat(streams, 1)
-    value = (z[:, :n] + b[:, None] + 1) / 2  # the network speaks [-1, 1]; colours are [0, 1]
-    gradient = z[:, n:3 * n].unflatten(1, (2, n)).permute(0, 2, 3, 1) / 2 if order >= 1 else None
-    laplacian = z[:, 3 * n:] / 2 if order == 2 else None
-    return Query(value=value, gradient=gradient, laplacian=laplacian)
+            streams.append(c * z[..., 3 * n:, :] - s * du.square().sum(-3))
+        h = torch.cat(streams, -2)
+    z = h @ weights[-1].transpose(-1, -2)  # ([b,] s*n, c)
+    return Query(value=(z[..., :n, :] + _rows(biases[-1]) + 1) / 2,  # the network's [-1, 1] to colours
+                 gradient=z[..., n:3 * n, :].unflatten(-2, (2, n)).movedim(-3, -1) / 2,
+                 laplacian=z[..., 3 * n:, :] / 2 if order == 2 else None)
 
 
 def check_amp(amp) -> None:
@@ -168,10 +205,9 @@ def check_amp(amp) -> None:
 
 
 def _forward_mode_chunk(net: Siren, params: Params, coords: torch.Tensor, derivatives: tuple[str, ...]) -> Query:
-    """:func:`query_params` at shared ``(N, 2)`` coordinates by :func:`siren_query`: plain tensor code that
-    ``torch.compile`` fuses (Dynamo cannot trace ``jvp`` inside ``vmap``)."""
-    b, shapes = batch_size_of(params, net), param_shapes(net)
-    params = {k: (v if v.dim() > len(shapes[k]) else v.expand(b, *shapes[k])) for k, v in params.items()}
+    """:func:`query_params` for a :class:`Siren` without the input checks, by :func:`siren_query`: plain tensor
+    code that ``torch.compile`` fuses (Dynamo cannot trace ``jvp`` inside ``vmap``). Asks for the lowest order
+    that gives ``derivatives``: a value-only query is a plain forward pass."""
     order = 2 if "laplacian" in derivatives else 1 if "gradient" in derivatives else 0
     q = siren_query(net, params, coords, order)
     return Query(value=q.value if "value" in derivatives else None,
@@ -283,9 +319,8 @@ class Functions:
             chunk: points per function evaluated at once (bounded memory).
             amp: ``"bf16"`` runs the matmuls under bfloat16 autocast (GPU speed; the sine of a bf16 pre-activation
                 is coarse, so expect errors of a few 1e-2 on a 3x256 SIREN with w0=30).
-            compile: evaluate each chunk with ``torch.compile`` through the hand-written forward mode
-                :func:`siren_query` (same image within float rounding; the first call of a shape compiles, later
-                ones reuse it).
+            compile: evaluate each chunk of :func:`siren_query` with ``torch.compile`` (same image within float
+                rounding; the first call of a shape compiles, later ones reuse it).
         Returns:
             ``(B, C, h, w)`` images clamped to ``[0, 1]``.
         """

@@ -1,4 +1,5 @@
-"""The training loop shared by every prior: devices, DDP, checkpoints, exact resume, metrics log.
+"""The training loop shared by every prior: devices, DDP, metrics log (checkpoints and exact resume are in
+:mod:`inrprior.checkpoint`).
 
 What a prior must provide (the Prior protocol, see DESIGN.md) and what this loop relies on:
 - ``forward(images (b, C, H, W), generator) -> (loss, metrics)``: ``loss`` must be the **mean over the batch** of
@@ -12,8 +13,8 @@ What a prior must provide (the Prior protocol, see DESIGN.md) and what this loop
 
 The output folder ``out/`` holds: ``config.json`` (the :class:`TrainConfig`, the prior's config, the data's shape),
 ``metrics.jsonl`` (one JSON object per logged step: ``step``, ``loss``, the prior's metrics, ``lr``, ``seconds``,
-and ``eval_psnr`` / ``eval_mse`` at evaluation steps), ``checkpoint.safetensors`` (resume state) and, at the end,
-``prior.safetensors``. A report can be rebuilt from these files alone.
+and ``eval_psnr`` / ``eval_mse`` at evaluation steps), ``checkpoint.safetensors`` (resume state, see
+:mod:`inrprior.checkpoint`) and, at the end, ``prior.safetensors``. A report can be rebuilt from these files alone.
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from . import io
+from .checkpoint import (CHECKPOINT, check_resumable, load_checkpoint, prepare_files, prepare_out,
+                         restore_checkpoint, save_checkpoint)
 
 try:
     from .targets import psnr
@@ -40,10 +42,6 @@ except ImportError:  # targets.py is being written alongside; the same definitio
 __all__ = ["TrainConfig", "train", "evaluate", "per_image", "ShardedGenerator"]
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT = "checkpoint.safetensors"
-# Settings that must not change when resuming: they change what the next step computes.
-RESUME_KEYS = ("batch_size", "lr", "seed", "grad_clip", "amp")
 
 
 @dataclass
@@ -148,10 +146,6 @@ def _draw_indices(g: torch.Generator, n: int, b: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)[:b] if b <= n else torch.randint(n, (b,), generator=g)
 
 
-def _json_norm(x):
-    return json.loads(json.dumps(x))
-
-
 def _dist_setup(device):
     """``(rank, world, device, created)``; under torchrun, joins (or creates) the default process group."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -169,80 +163,6 @@ def _dist_setup(device):
     if created:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size(), device, created
-
-
-def _agree(ok: bool, device, world: int) -> bool:
-    """True on every process iff ``ok`` on every process (so that a failure on one rank stops them all)."""
-    if world == 1:
-        return ok
-    flag = torch.tensor([0.0 if ok else 1.0], device=device)
-    dist.all_reduce(flag)
-    return flag.item() == 0
-
-
-def _checkpoint_state(prior, opt, g, step, cfg, seconds):
-    tensors, prior_cfg = prior.to_state()
-    tensors = {f"prior/{k}": v for k, v in tensors.items()}
-    sd = opt.state_dict()
-    extra = {}
-    for i, st in sd["state"].items():
-        for k, v in st.items():
-            if isinstance(v, torch.Tensor):
-                tensors[f"optim/{i}/{k}"] = v
-            else:
-                extra[f"{i}/{k}"] = v
-    tensors["rng/generator"] = g.get_state()
-    config = {"kind": "checkpoint", "step": step, "seconds": seconds, "train": asdict(cfg), "prior": prior_cfg,
-              "optim": {"param_groups": sd["param_groups"], "state": extra}}
-    return tensors, config
-
-
-def _restore(prior, opt, g, tensors, config):
-    state = {k[6:]: v for k, v in tensors.items() if k.startswith("prior/")}
-    restored = type(prior).from_state(state, config["prior"])
-    prior.load_state_dict(restored.state_dict())
-    opt_state: dict = {}
-    for k, v in tensors.items():
-        if k.startswith("optim/"):
-            _, i, name = k.split("/", 2)
-            opt_state.setdefault(int(i), {})[name] = v
-    for k, v in config["optim"]["state"].items():
-        i, name = k.split("/", 1)
-        opt_state.setdefault(int(i), {})[name] = v
-    groups = [{**grp, "betas": tuple(grp["betas"])} if "betas" in grp else grp
-              for grp in config["optim"]["param_groups"]]
-    opt.load_state_dict({"state": opt_state, "param_groups": groups})
-    g.set_state(tensors["rng/generator"])
-
-
-def _check_resumable(path: Path, config: dict, cfg: TrainConfig, prior_cfg: dict) -> None:
-    saved = config["train"]
-    diffs = [f"{k} was {saved.get(k)!r}, now {getattr(cfg, k)!r}" for k in RESUME_KEYS
-             if saved.get(k) != getattr(cfg, k)]
-    old, new = _json_norm(config["prior"]), _json_norm(prior_cfg)
-    diffs += [f"prior {k} was {old.get(k)!r}, now {new.get(k)!r}" for k in sorted(set(old) | set(new))
-              if k not in ("format_version",) and old.get(k) != new.get(k)]
-    if diffs:
-        raise ValueError(f"cannot resume from {path}: the run's settings differ ({'; '.join(diffs)}); "
-                         "use the original settings or a new output folder")
-    if config["step"] > cfg.steps:
-        raise ValueError(f"cannot resume from {path}: it is at step {config['step']}, beyond steps={cfg.steps}")
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines after ``step`` (written after the checkpoint a resumed run restarts from) and torn lines."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                keep.append(line)
-        except (ValueError, KeyError, TypeError):
-            pass
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(x + "\n" for x in keep))
-    os.replace(tmp, path)
 
 
 def _stack(dataset, limit: int) -> torch.Tensor:
@@ -312,71 +232,12 @@ def _forward_backward(model, images, g, opt, cfg, device, world, step, where):
     return list(metrics), values
 
 
-def _save_checkpoint(path, prior, opt, g, step, cfg, seconds, rank, world, device) -> None:
-    """Rank 0 writes; the other ranks wait for it and raise too if it failed (e.g. the disk filled up)."""
-    if world > 1:
-        dist.barrier()
-    err = None
-    if rank == 0:
-        try:
-            io.save_state(path, *_checkpoint_state(prior, opt, g, step, cfg, seconds))
-            log.debug("checkpoint at step %d written to %s", step, path)
-        except OSError as e:
-            err = OSError(e.errno, f"cannot write the checkpoint of step {step} to {path} ({e.strerror or e}); "
-                                   "the previous checkpoint is left as it was")
-    if not _agree(err is None, device, world):
-        raise err or OSError(f"rank 0 could not write the checkpoint of step {step}")
-
-
-def _prepare_out(prior, out: Path, rank: int, world: int, device) -> None:
-    """Check before training that rank 0 can write ``out`` (every rank raises if it cannot)."""
-    err = None
-    if rank == 0:
-        nbytes = sum(p.numel() * p.element_size() for p in prior.parameters())
-        try:  # room for the prior, Adam's two moments, and the old checkpoint while the new one is written
-            io.check_writable(out, min_free_mb=max(100.0, 8 * nbytes / 2**20))
-        except OSError as e:
-            err = e
-    if not _agree(err is None, device, world):
-        raise err or OSError(f"rank 0 cannot write the output folder {out}")
-
-
-def _load_resume(ckpt: Path, rank: int, world: int):
-    loaded, err = None, None
-    if rank == 0 and ckpt.exists():
-        try:
-            loaded = io.load_state(ckpt, kind="checkpoint")
-        except (OSError, ValueError) as e:
-            err = e
-    if world > 1:
-        box = [(loaded, err)]
-        dist.broadcast_object_list(box, src=0)
-        loaded, err = box[0]
-    if err is not None:
-        raise err
-    return loaded
-
-
-def _prepare_files(out: Path, info: dict, resumed_step: int | None) -> None:
-    """Rank 0, before the first step: clear leftovers of an earlier run and write ``config.json``."""
-    for stale in out.glob(f".{CHECKPOINT}.*.tmp"):  # left by a run killed mid-write
-        stale.unlink()
-    if resumed_step is not None:
-        _truncate_metrics(out / "metrics.jsonl", resumed_step)
-    else:
-        if (out / CHECKPOINT).exists():
-            log.warning("%s exists and resume=False: starting over and overwriting it", out / CHECKPOINT)
-        (out / "metrics.jsonl").unlink(missing_ok=True)
-    (out / "config.json.tmp").write_text(json.dumps(_json_norm(info), indent=1))
-    os.replace(out / "config.json.tmp", out / "config.json")
-
-
 def _run(prior, dataset, eval_dataset, cfg: TrainConfig, out: Path, resume: bool, device, progress, rank, world):
     from tqdm import tqdm
 
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} does not split evenly across {world} processes")
-    _prepare_out(prior, out, rank, world, device)
+    prepare_out(prior, out, rank, world, device)
     ckpt, metrics_path = out / CHECKPOINT, out / "metrics.jsonl"
     prior.to(device).train()
     dtype = next(prior.parameters()).dtype
@@ -385,10 +246,10 @@ def _run(prior, dataset, eval_dataset, cfg: TrainConfig, out: Path, resume: bool
     g.manual_seed(cfg.seed)
     prior_cfg = prior.to_state()[1]
     step, seconds = 0, 0.0
-    loaded = _load_resume(ckpt, rank, world) if resume else None
+    loaded = load_checkpoint(ckpt, rank, world) if resume else None
     if loaded is not None:
-        _check_resumable(ckpt, loaded[1], cfg, prior_cfg)
-        _restore(prior, opt, g, *loaded)
+        check_resumable(ckpt, loaded[1], cfg, prior_cfg)
+        restore_checkpoint(prior, opt, g, *loaded)
         step, seconds = loaded[1]["step"], loaded[1]["seconds"]
         log.info("resuming from %s at step %d", ckpt, step)
     elif resume:
@@ -397,7 +258,7 @@ def _run(prior, dataset, eval_dataset, cfg: TrainConfig, out: Path, resume: bool
         info = {"train": asdict(cfg), "prior": prior_cfg, "world_size": world, "device": str(device),
                 "data": {"train_images": len(dataset), "image_shape": list(_item(dataset[0]).shape),
                          "eval_images": 0 if eval_dataset is None else min(len(eval_dataset), cfg.eval_images)}}
-        _prepare_files(out, info, None if loaded is None else step)
+        prepare_files(out, info, None if loaded is None else step)
 
     model = prior
     if world > 1:
@@ -451,7 +312,7 @@ def _run(prior, dataset, eval_dataset, cfg: TrainConfig, out: Path, resume: bool
             bar.set_postfix({k: f"{row[k]:.4g}" for k in ("loss", "eval_psnr") if k in row}, refresh=False)
             bar.update(1)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                _save_checkpoint(ckpt, prior, opt, g, step, cfg, time.perf_counter() - t0, rank, world, device)
+                save_checkpoint(ckpt, prior, opt, g, step, cfg, time.perf_counter() - t0, rank, world, device)
                 last_good = step
     finally:
         bar.close()

@@ -7,7 +7,7 @@ import torch
 
 import inrprior as ip
 from inrprior.fit import History, blend, composite_gradient, fit, parse_supervision, siren_query
-from inrprior.functions import Functions, query_params
+from inrprior.functions import Functions, query_params_autodiff
 from inrprior.targets import image_gradient, psnr
 
 TINY = dict(in_features=2, hidden_features=32, hidden_layers=1, w0=30.0)
@@ -24,13 +24,13 @@ def smooth_image(c=1, h=12, w=12, seed=0, dtype=torch.float32):
 
 
 @pytest.mark.parametrize("order", [0, 1, 2])
-def test_siren_query_matches_query_params_values_and_param_gradients(order):
+def test_siren_query_matches_torch_func_values_and_param_gradients(order):
     torch.manual_seed(0)
     net = ip.Siren(out_features=2, **TINY).double()
     params = {k: v.requires_grad_() for k, v in net.init_params(3).items()}
     x = torch.rand(20, 2, dtype=torch.float64) * 2 - 1
     names = ("value", "gradient", "laplacian")[:order + 1]
-    fast, ref = siren_query(net, params, x, order), query_params(net, params, x, names)
+    fast, ref = siren_query(net, params, x, order), query_params_autodiff(net, params, x, names)
     for name in names:
         assert torch.allclose(getattr(fast, name), getattr(ref, name), atol=1e-10, rtol=1e-10), name
     def loss(q):

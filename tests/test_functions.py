@@ -6,9 +6,11 @@ import torch
 
 import inrprior as ip
 from inrprior.coords import coord_to_pixel, grid, pixel_to_coord
-from inrprior.functions import Functions, query_params
+from inrprior.functions import Functions, query_params, query_params_autodiff
 
 ALL = ("value", "gradient", "laplacian")
+SUBSETS = [("value",), ("gradient",), ("laplacian",), ("value", "gradient"), ("value", "laplacian"),
+           ("gradient", "laplacian"), ALL]
 
 
 def random_functions(b=2, c=3, hidden=32, layers=1, w0=30.0, seed=0, dtype=torch.float64):
@@ -63,7 +65,8 @@ def test_render_equals_query_on_the_pixel_grid():
     assert img.shape == (2, 2, h, w)
     # pixel (j, i) = (column 3, row 4) is row 4 * w + 3 of the grid
     assert torch.allclose(img[:, :, 4, 3], q.value[:, 4 * w + 3].clamp(0, 1))
-    assert torch.equal(img, ip.coords.points_to_image(q.value, h, w).clamp(0, 1))
+    # the value-only render and the derivative query run matmuls of different heights: equal within rounding
+    assert torch.allclose(img, ip.coords.points_to_image(q.value, h, w).clamp(0, 1), atol=1e-14, rtol=0)
     r = f.render_derivatives(h, w, chunk=8)  # several chunks
     assert r.value.shape == (2, 2, h, w) and r.gradient.shape == (2, 2, h, w, 2) and r.laplacian.shape == (2, 2, h, w)
     assert torch.allclose(r.gradient[:, :, 4, 3], q.gradient[:, 4 * w + 3])
@@ -163,6 +166,56 @@ def test_gradients_flow_to_params_through_derivative_queries():
     minus[k][idx] -= eps
     fd = (loss(plus) - loss(minus)) / (2 * eps)
     assert math.isclose(g[idx].item(), fd.item(), rel_tol=1e-5)
+
+
+def layout(kind, hidden_layers, b=3, n=5, seed=0):
+    """A float64 Siren, parameters (requiring grad) and coordinates in one of the layouts query_params accepts."""
+    g = torch.Generator().manual_seed(seed)
+    net = ip.Siren(2, 2, 8, hidden_layers, 30.0).double()
+    if kind == "shift":  # shared weights, per-function sine-layer biases (HyperPrior's shift mode)
+        params = net.init_params(generator=g)
+        for k in net.sine_layer_names():
+            params[k] = params[k] + 0.1 * torch.randn(b, *params[k].shape, generator=g, dtype=torch.float64)
+    else:
+        params = net.init_params(b, generator=g)
+    shape = (b, n, 2) if kind == "per-function coords" else (n, 2)
+    coords = torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1
+    return net, {k: v.requires_grad_() for k, v in params.items()}, coords
+
+
+@pytest.mark.parametrize("hidden_layers", [0, 3])
+@pytest.mark.parametrize("kind", ["shared coords", "per-function coords", "shift"])
+def test_query_params_matches_the_torch_func_oracle(kind, hidden_layers):
+    # query_params runs the hand-written forward mode for a Siren; query_params_autodiff is torch.func's jvp
+    net, params, coords = layout(kind, hidden_layers)
+    for derivatives in SUBSETS:
+        fast, ref = query_params(net, params, coords, derivatives), query_params_autodiff(net, params, coords,
+                                                                                          derivatives)
+        for name in ALL:
+            a, b = getattr(fast, name), getattr(ref, name)
+            assert (a is None) == (name not in derivatives) and (b is None) == (name not in derivatives), name
+            if a is not None:
+                assert a.shape == b.shape, (derivatives, name)
+                assert torch.allclose(a, b, atol=1e-10, rtol=1e-10), (derivatives, name)
+
+        def loss(q):  # a scalar of every field asked for
+            return sum((getattr(q, name) ** 2).sum() for name in derivatives)
+        g_fast = torch.autograd.grad(loss(fast), list(params.values()), allow_unused=True)
+        g_ref = torch.autograd.grad(loss(ref), list(params.values()), allow_unused=True)
+        for k, a, b in zip(params, g_fast, g_ref):
+            a = torch.zeros_like(params[k]) if a is None else a  # e.g. the output bias of a derivative-only loss
+            b = torch.zeros_like(params[k]) if b is None else b
+            assert torch.allclose(a, b, atol=1e-9, rtol=1e-9), (derivatives, k)
+
+
+def test_query_params_of_a_module_that_is_not_a_siren_uses_torch_func():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)).double()
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    x = torch.rand(6, 2, dtype=torch.float64)
+    q = query_params(net, params, x, ALL)
+    assert q.value.shape == (1, 6, 1) and q.gradient.shape == (1, 6, 1, 2) and q.laplacian.shape == (1, 6, 1)
+    assert torch.allclose(q.value[0], (net(x) + 1) / 2)
 
 
 def test_bad_coords_and_params_raise_clear_errors():

@@ -32,7 +32,7 @@ def test_render_compile_matches_eager():
 
 
 def test_render_derivatives_compile_matches_eager():
-    # the compiled path runs the hand-written forward mode (siren_query); eager runs torch.func's jvp
+    # both run the hand-written forward mode (siren_query): compiled fused kernels against eager, shared tensor kept
     net = ip.Siren(2, 3, 32, 2)
     params = net.init_params(2, generator=torch.Generator().manual_seed(1))
     params["layers.1.weight"] = params["layers.1.weight"][0]  # a tensor shared by both functions
