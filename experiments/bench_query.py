@@ -18,11 +18,12 @@ from inrprior.bench import print_rows, query_rows
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    ap.add_argument("--quick", action="store_true", help="small sizes, no compiled render (a smoke run)")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: both where available)")
     ap.add_argument("--out", default="runs/bench_query")
     args = ap.parse_args(argv)
-    size = dict(n_points=64 * 64, batch=2, repeats=2) if args.quick else dict(n_points=256 * 256, batch=4, repeats=3)
+    quick = dict(n_points=64 * 64, batch=2, repeats=2, compile=False)  # no compiled render: seconds, not minutes
+    size = quick if args.quick else dict(n_points=256 * 256, batch=4, repeats=3)
     devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = [r for d in devices for r in query_rows(torch.device(d), **size)]
     print_rows(rows)

@@ -9,7 +9,9 @@ import time
 
 import torch
 
-from .functions import Functions, query_params
+from torch.func import functional_call, vmap
+
+from .functions import Functions, query_params_autodiff
 from .siren import Siren
 
 __all__ = ["timed", "query_rows", "mm_gflops", "print_rows"]
@@ -35,25 +37,34 @@ def mm_gflops(n: int, k: int, m: int, device: torch.device, repeats: int = 5) ->
 
 
 def query_rows(device: torch.device, n_points: int = 256 * 256, batch: int = 4, repeats: int = 3,
-               hidden: int = 256, layers: int = 3) -> list[dict]:
-    """Points per second of forward, gradient and Laplacian queries and of ``render``, for ``batch`` functions."""
+               hidden: int = 256, layers: int = 3, compile: bool = True) -> list[dict]:
+    """Points per second of queries (``Functions.query``: the hand-written forward mode; the torch.func path next
+    to it) and of ``render`` (eager and compiled), for ``batch`` functions, against the module's plain forward."""
     torch.manual_seed(0)
     net = Siren(2, 3, hidden, layers).to(device)
     params = {k: v.to(device) for k, v in net.init_params(batch).items()}
     funcs = Functions(net, params)
     coords = torch.rand(n_points, 2, device=device) * 2 - 1
     side = int(n_points ** 0.5)
+    value, gradient, laplacian = ("value",), ("value", "gradient"), ("value", "gradient", "laplacian")
+    forward = vmap(lambda p: functional_call(net, p, (coords,)))  # the nn.Module's own forward, per function
     cases = {
-        "forward (values)": lambda: query_params(net, params, coords, ("value",)),
-        "query value+gradient": lambda: funcs.query(coords, ("value", "gradient")),
-        "query value+gradient+laplacian": lambda: funcs.query(coords, ("value", "gradient", "laplacian")),
+        "forward (values)": lambda: forward(params),
+        "query value": lambda: funcs.query(coords, value),
+        "query value+gradient": lambda: funcs.query(coords, gradient),
+        "query value+gradient+laplacian": lambda: funcs.query(coords, laplacian),
+        "  same by torch.func (gradient)": lambda: query_params_autodiff(net, params, coords, gradient),
+        "  same by torch.func (laplacian)": lambda: query_params_autodiff(net, params, coords, laplacian),
         f"render {side}x{side}": lambda: funcs.render(side, side),
     }
+    if compile:  # the first call compiles (seconds), outside the timing
+        cases[f"render {side}x{side} compile=True"] = lambda: funcs.render(side, side, compile=True)
     if device.type == "cuda":
         def bf16():
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                return query_params(net, params, coords, ("value",))
+                return forward(params)
         cases["forward bf16 autocast"] = bf16
+        cases[f"render {side}x{side} amp=bf16"] = lambda: funcs.render(side, side, amp="bf16")
     flops = 2 * batch * n_points * sum(p.numel() for p in net.parameters())  # ~ one multiply-add per weight
     rows, base = [], None
     with torch.no_grad():

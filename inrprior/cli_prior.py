@@ -263,14 +263,15 @@ register("adapt", "fast-fit images with a trained prior (a few steps or one forw
 
 # ----------------------------------------------------------------------------------------------------------- bench
 def _bench_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quick", action="store_true", help="small sizes (seconds)")
+    p.add_argument("--quick", action="store_true", help="small sizes, no compiled render (seconds)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: every device here)")
 
 
 def _bench(args: argparse.Namespace) -> int:
     from .bench import print_rows, query_rows
 
-    size = dict(n_points=64 * 64, batch=2, repeats=2) if args.quick else dict(n_points=128 * 128, batch=4, repeats=3)
+    quick = dict(n_points=64 * 64, batch=2, repeats=2, compile=False)  # no compiled render: seconds, not minutes
+    size = quick if args.quick else dict(n_points=128 * 128, batch=4, repeats=3)
     devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print_rows([r for d in devices for r in query_rows(device_of(d), **size)])
     return 0
