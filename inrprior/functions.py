@@ -92,6 +92,14 @@ def query_params(net: nn.Module, params: Params, coords: torch.Tensor,
     return _forward_mode_chunk(net, params, coords, derivatives)
 
 
+def _checked_chunk(net: nn.Module, params: Params, coords: torch.Tensor, derivatives: tuple[str, ...]) -> Query:
+    """One chunk of :meth:`Functions.query`, whose inputs were checked once for all chunks: a SIREN skips the
+    per-chunk checks (a finiteness pass over the points each), any other module takes the torch.func path."""
+    if isinstance(net, Siren):
+        return _forward_mode_chunk(net, params, coords, derivatives)
+    return query_params_autodiff(net, params, coords, derivatives)
+
+
 def query_params_autodiff(net: nn.Module, params: Params, coords: torch.Tensor,
                           derivatives: Iterable[str] | str = ("value",)) -> Query:
     """:func:`query_params` by ``torch.func``: ``jvp`` along the two axes (nested for the Laplacian), ``vmap``ped
@@ -297,10 +305,10 @@ class Functions:
         Returns:
             :class:`Query` with value ``(B, N, C)``, gradient ``(B, N, C, 2)``, laplacian ``(B, N, C)``.
         """
-        return self._query(coords, derivatives, chunk, query_params)
+        return self._query(coords, derivatives, chunk, _checked_chunk)
 
     def _query(self, coords, derivatives, chunk, run) -> Query:
-        """:meth:`query` with ``run`` (:func:`query_params` or the compiled chunk) evaluating each chunk."""
+        """:meth:`query` with ``run`` (:func:`_checked_chunk` or the compiled chunk) evaluating each chunk."""
         derivatives = _check_derivatives(derivatives)
         coords = check_coords(coords, batch=self.batch_size).to(self.device, self.dtype)
         n = coords.shape[-2]
@@ -343,7 +351,7 @@ class Functions:
             :class:`Query` with value ``(B, C, h, w)`` (not clamped), gradient ``(B, C, h, w, 2)``,
             laplacian ``(B, C, h, w)``.
         """
-        run = _compiled_chunk() if compile else query_params
+        run = _compiled_chunk() if compile else _checked_chunk
         q = self._query(grid(h, w, device=self.device, dtype=self.dtype), derivatives, chunk, run)
         b, c = self.batch_size, self.channels
 
