@@ -100,6 +100,18 @@ def adam_baseline(net: ip.Siren, images, steps: int, lr: float, ctx=None, every=
     return curve, snapshots
 
 
+def reuse_adam(folder: Path, a) -> dict:
+    """The Adam curves of an earlier run with the same data and baseline settings (JSON keys back to ints)."""
+    old = json.loads((folder / "results.json").read_text())
+    same = ("data", "size", "hidden", "layers", "adam_steps", "adam_lr", "test_images")
+    diff = {k: (old["config"].get(k), getattr(a, k)) for k in same if old["config"].get(k) != getattr(a, k)}
+    if diff:
+        raise SystemExit(f"--adam-from {folder}: its settings differ (old, new): {diff}")
+    adam = old["adam"]
+    return {**adam, "psnr": {int(k): v for k, v in adam["psnr"].items()},
+            "context10_psnr": {int(k): v for k, v in adam["context10_psnr"].items()}, "from": str(folder)}
+
+
 def steps_to_reach(curve: dict[int, float], target: float) -> int | None:
     return next((k for k in sorted(curve) if curve[k] >= target), None)
 
@@ -120,6 +132,8 @@ def main(argv=None):
                    help="SGD step of the inner loop (MetaPrior default 1e-2 is slower; see the report)")
     p.add_argument("--adam-steps", type=int, default=1000)
     p.add_argument("--adam-lr", type=float, default=1e-4)
+    p.add_argument("--adam-from", default=None, help="reuse the standard-init Adam curves of this earlier --out "
+                   "folder (its results.json; data, size, SIREN, test images and Adam settings must match)")
     p.add_argument("--test-images", type=int, default=20)
     p.add_argument("--threads", type=int, default=None, help="torch threads (1 is faster on a busy machine)")
     p.add_argument("--out", default="runs/fastfit")
@@ -146,11 +160,15 @@ def main(argv=None):
           f"torch threads {torch.get_num_threads()}")
 
     net = ip.Siren(2, c, a.hidden, a.layers, 30.0)
-    t0 = time.perf_counter()
-    adam, adam_params = adam_baseline(net, test, a.adam_steps, a.adam_lr)
     every = sorted({s for s in [0, 1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 300, 500, 1000, 2000] if s <= a.adam_steps})
-    adam_ctx, _ = adam_baseline(net, test, a.adam_steps, a.adam_lr, ctx=(ctx_c, ctx_v), every=set(every))
-    results["adam"] = {"psnr": adam, "context10_psnr": adam_ctx, "seconds": time.perf_counter() - t0}
+    if a.adam_from:
+        results["adam"], adam_params = reuse_adam(Path(a.adam_from), a), None
+        adam, adam_ctx = results["adam"]["psnr"], results["adam"]["context10_psnr"]
+    else:
+        t0 = time.perf_counter()
+        adam, adam_params = adam_baseline(net, test, a.adam_steps, a.adam_lr)
+        adam_ctx, _ = adam_baseline(net, test, a.adam_steps, a.adam_lr, ctx=(ctx_c, ctx_v), every=set(every))
+        results["adam"] = {"psnr": adam, "context10_psnr": adam_ctx, "seconds": time.perf_counter() - t0}
     print(f"standard init + Adam {a.adam_lr}: " + ", ".join(f"{s}: {adam[s]:.1f}" for s in every) + " dB")
 
     renders = {"test": test}
@@ -172,12 +190,14 @@ def main(argv=None):
                                      "context10_psnr": ctx_curve}
         renders[f"{name} 3 steps"] = prior.adapt(test, steps=3).render(a.size, a.size)
         speed = f"{reach / 3:.1f}x" if reach is not None else f">{a.adam_steps / 3:.0f}x"
+        (out / "results.json").write_text(json.dumps(results, indent=1))  # after every variant: hours of work
         print(f"{name:11s} trained {seconds:6.0f} s | PSNR after " +
               " ".join(f"{k}:{v:5.1f}" for k, v in curve.items()) + f" | speed-up {speed} | 10% pixels, 3 steps: "
               f"{ctx_curve[3]:.1f} dB (Adam on the same pixels: 3 steps {adam_ctx[3]:.1f}, "
               f"best {max(adam_ctx.values()):.1f} dB)")
-    renders["Adam 3 steps"] = ip.Functions(net, adam_params[3]).render(a.size, a.size)
-    renders[f"Adam {a.adam_steps} steps"] = ip.Functions(net, adam_params[a.adam_steps]).render(a.size, a.size)
+    if adam_params is not None:
+        renders["Adam 3 steps"] = ip.Functions(net, adam_params[3]).render(a.size, a.size)
+        renders[f"Adam {a.adam_steps} steps"] = ip.Functions(net, adam_params[a.adam_steps]).render(a.size, a.size)
     (out / "results.json").write_text(json.dumps(results, indent=1))
     plots(out, results, renders, a)
     print(f"wrote {out / 'results.json'} and plots")

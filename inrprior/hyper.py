@@ -24,7 +24,7 @@ from torch import nn
 from . import io as _io
 from .coords import as_image_batch, check_coords, check_finite, image_to_points
 from .functions import Functions, query_params
-from .hypernet import ConvEncoder, GridEncoder, HyperConfig, HyperNet, SetEncoder
+from .hypernet import ConvEncoder, GridEncoder, HyperConfig, HyperNet, SetEncoder, linear_posterior
 from .siren import Params, Siren, param_shapes
 
 __all__ = ["HyperPrior", "HyperConfig"]
@@ -61,8 +61,12 @@ class HyperPrior(nn.Module):
             raise TypeError(f"net must be a Siren, got {type(net).__name__}")
         self.net = net
         self.cfg = replace(config or HyperConfig(), **overrides)
-        enc = {"set": SetEncoder, "conv": ConvEncoder, "grid": GridEncoder}[self.cfg.encoder]
-        self.encoder = enc(net.out_features, self.cfg)
+        if self.cfg.encoder == "posterior":  # no network: Bayesian linear regression with a learned noise
+            self.encoder = None
+            self.log_noise = nn.Parameter(torch.tensor(math.log(self.cfg.noise_init)))
+        else:
+            enc = {"set": SetEncoder, "conv": ConvEncoder, "grid": GridEncoder}[self.cfg.encoder]
+            self.encoder = enc(net.out_features, self.cfg)
         self.hyper = HyperNet(net, self.cfg)
         self.density = None  # None: N(0, I); else a fitted density from inrprior.density
         if self.cfg.train_refine_steps:  # Meta-SGD: one learned (raw, as in Li et al. 2017) step size per element
@@ -79,8 +83,17 @@ class HyperPrior(nn.Module):
     def encode(self, coords: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None = None,
                size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance ``(b, latent_dim)`` of the latent given context points ``(b, n, 2)``, ``(b, n, C)``
-        (``mask (b, n)``: 1 for real points, 0 for padding; ``size``: the grid the conv encoder rasterizes onto)."""
+        (``mask (b, n)``: 1 for real points, 0 for padding; ``size``: the grid the conv encoder rasterizes onto).
+        The "posterior" encoder's covariance is full; its diagonal is returned (see :meth:`_posterior`)."""
+        if self.encoder is None:
+            mu, chol = self._posterior(coords, values, mask)
+            return mu, torch.cholesky_inverse(chol).diagonal(dim1=-2, dim2=-1).log()
         return self.encoder(coords, values, mask, size)
+
+    def _posterior(self, coords, values, mask=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and Cholesky factor of the precision of the exact latent posterior (encoder="posterior")."""
+        return linear_posterior(self.net, dict(self.net.named_parameters()), self.hyper, coords, values, mask,
+                                self.log_noise.exp())
 
     def generate(self, z: torch.Tensor) -> Params:
         """SIREN parameters for latents ``z (b, latent_dim)``; shift mode leaves the shared weights unbatched."""
@@ -113,12 +126,22 @@ class HyperPrior(nn.Module):
         n = int(round(math.exp(math.log(lo) + float(u) * (math.log(p) - math.log(lo)))))
         idx = self._draw("rand", (b, p), generator, images.device).argsort(-1)[:, :n]  # (b, n)
         ctx_values = values.gather(1, idx[..., None].expand(-1, -1, c))
-        mu, logvar = self.encode(coords[idx], ctx_values, size=(h, w))
-        z = mu + (0.5 * logvar).exp() * self._draw("randn", tuple(mu.shape), generator, images.device)
+        if self.encoder is None:  # full-covariance posterior N(mu, P^-1), P = L L^T: z = mu + L^-T eps
+            mu, chol = self._posterior(coords[idx], ctx_values)
+            eps = self._draw("randn", tuple(mu.shape), generator, images.device)
+            z = mu + torch.linalg.solve_triangular(chol.mT, eps[..., None], upper=True)[..., 0]
+            # KL(N(mu, P^-1) || N(0, I)) = (tr P^-1 + |mu|^2 - d + log det P) / 2, tr P^-1 = |L^-1|_F^2
+            inv = torch.linalg.solve_triangular(chol, torch.eye(mu.shape[-1], dtype=mu.dtype, device=mu.device),
+                                                upper=False)
+            logdet = 2 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+            kl = 0.5 * (inv.pow(2).sum((-2, -1)) + mu.pow(2).sum(-1) - mu.shape[-1] + logdet).mean()
+        else:
+            mu, logvar = self.encode(coords[idx], ctx_values, size=(h, w))
+            z = mu + (0.5 * logvar).exp() * self._draw("randn", tuple(mu.shape), generator, images.device)
+            kl = 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).sum(-1).mean()
         offsets = self.hyper(z)
         params = {k: (v + offsets[k] if k in offsets else v) for k, v in self.net.named_parameters()}
         mse = ((query_params(self.net, params, coords).value - values) ** 2).mean()
-        kl = 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).sum(-1).mean()
         loss = mse + self.cfg.beta * kl
         metrics = {"mse": float(mse.detach())}
         if self.cfg.train_refine_steps:
@@ -233,7 +256,8 @@ class HyperPrior(nn.Module):
             base = self._generate_detached(z)
             free, build = self._free(z.detach(), base, target)
             free = {k: v.detach().clone().requires_grad_(True) for k, v in free.items()}
-            if self.cfg.train_refine_steps:
+            learned = self.cfg.train_refine_steps and all(k.replace(".", "_") in self.step_size for k in free)
+            if learned:  # (a target other than the trained one has no learned step sizes: Adam then)
                 return {k: v.detach() for k, v in self._sgd(free, build, coords, values, weight, steps,
                                                               create_graph=False).items()}
             opt = torch.optim.Adam(list(free.values()), lr=self.cfg.step_size_for(target))

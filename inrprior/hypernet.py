@@ -13,6 +13,10 @@ SIREN's own names:
 - ``output="shift"``: the latent only shifts the sine-layer biases (``b + s``); all weights are shared, so the
   returned :class:`~inrprior.functions.Functions` hold shared weights and per-function biases (much lighter for
   large SIRENs).
+- ``output="linear"``: the latent offsets only the linear output layer, through linear heads (no trunk), so a
+  generated function is ``m(x) + J(x) z``: the shared SIREN's hidden features are a learned basis and ``z`` its
+  coefficients (a probabilistic PCA whose basis functions are SIREN features). The latent's posterior given any
+  context is then Gaussian in closed form, which ``encoder="posterior"`` computes exactly (:func:`linear_posterior`).
 
 The module attribute names (``point``, ``rho``, ``convs``, ``features``, ``trunk``, ``heads``, ...) are the keys of
 saved priors: renaming one breaks loading.
@@ -29,17 +33,20 @@ from torch import nn
 from .coords import coord_to_pixel
 from .siren import Params, Siren, param_shapes
 
-__all__ = ["HyperConfig", "SetEncoder", "ConvEncoder", "GridEncoder", "HyperNet"]
+__all__ = ["HyperConfig", "SetEncoder", "ConvEncoder", "GridEncoder", "HyperNet", "linear_posterior"]
 
 
 @dataclass
 class HyperConfig:
     """Settings of a :class:`~inrprior.hyper.HyperPrior` (all JSON-able).
 
-    encoder: "set" (any points), "conv" (points rasterized onto an ``image_size`` grid with a mask channel) or
-        "grid" (a learned feature grid of ``image_size`` read at the points; see :class:`GridEncoder`).
+    encoder: "set" (any points), "conv" (points rasterized onto an ``image_size`` grid with a mask channel),
+        "grid" (a learned feature grid of ``image_size`` read at the points; see :class:`GridEncoder`) or
+        "posterior" (no network: the exact Gaussian posterior of the latent under the model's own likelihood with
+        a learned noise variance; needs output="linear", see :func:`linear_posterior`).
     latent_dim: size of the Gaussian latent.
-    output: "weights" (every SIREN tensor generated) or "shift" (only the sine-layer biases).
+    output: "weights" (every SIREN tensor generated), "shift" (only the sine-layer biases) or "linear" (only the
+        output layer, linearly in the latent; ``hidden``, ``head_width`` and ``trunk_layers`` then do not apply).
     beta: weight of the KL term (per image, summed over latent dims) against the per-value MSE on the [0, 1]
         scale (an ELBO with noise variance s2 on N values has beta = 2 s2 / N).
     hidden: width of the encoder and hypernetwork-trunk MLPs.
@@ -63,6 +70,7 @@ class HyperConfig:
     first_order: drop the second-order terms of that training inner loop.
     image_size: the grid the conv encoder rasterizes context points onto when no size is given.
     logvar_init: initial log-variance of the latent (small, so the latent is not drowned in noise at the start).
+    noise_init: initial noise variance of encoder="posterior" on the SIREN's raw [-1, 1] scale (then learned).
     flip: mirror training images left-right at random (augmentation for data with that symmetry, e.g. faces).
     """
     encoder: str = "set"
@@ -85,10 +93,11 @@ class HyperConfig:
     first_order: bool = False
     image_size: int = 32
     logvar_init: float = -10.0
+    noise_init: float = 1e-2
     flip: bool = False
 
     def __post_init__(self):
-        choices = dict(encoder=("set", "conv", "grid"), output=("weights", "shift"),
+        choices = dict(encoder=("set", "conv", "grid", "posterior"), output=("weights", "shift", "linear"),
                        refine=("auto", "latent", "shift", "params"))
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -101,12 +110,17 @@ class HyperConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.refine_lr is not None and not self.refine_lr > 0:
             raise ValueError(f"refine_lr must be positive, got {self.refine_lr}")
+        if not self.noise_init > 0:
+            raise ValueError(f"noise_init must be positive, got {self.noise_init}")
+        if self.encoder == "posterior" and self.output != "linear":
+            raise ValueError(f'encoder="posterior" needs output="linear" (its posterior is exact only for a '
+                             f'generator linear in the latent), got output={self.output!r}')
 
     @property
     def refine_target(self) -> str:
         if self.refine != "auto":
             return self.refine
-        return "params" if self.output == "weights" else "shift"
+        return "shift" if self.output == "shift" else "params"
 
     @property
     def refine_step_size(self) -> float:
@@ -261,14 +275,22 @@ class HyperNet(nn.Module):
         super().__init__()
         shapes = param_shapes(net)
         sines = set(net.sine_layer_names())
-        self.names = [k for k in shapes if cfg.output == "weights" or k in sines]
+        last = f"layers.{len(net.layers) - 1}."
+        keep = {"weights": lambda k: True, "shift": lambda k: k in sines, "linear": lambda k: k.startswith(last)}
+        self.names = [k for k in shapes if keep[cfg.output](k)]
         self.shapes = {k: tuple(shapes[k]) for k in self.names}
-        self.trunk = _mlp([cfg.latent_dim] + [cfg.hidden] * cfg.trunk_layers + [cfg.head_width])
-        self.heads = nn.ModuleList(nn.Linear(cfg.head_width, math.prod(self.shapes[k])) for k in self.names)
+        if cfg.output == "linear":  # offsets linear in z: heads straight on the latent, no bias (the base has one)
+            self.trunk = nn.Identity()
+            self.heads = nn.ModuleList(nn.Linear(cfg.latent_dim, math.prod(self.shapes[k]), bias=False)
+                                       for k in self.names)
+        else:
+            self.trunk = _mlp([cfg.latent_dim] + [cfg.hidden] * cfg.trunk_layers + [cfg.head_width])
+            self.heads = nn.ModuleList(nn.Linear(cfg.head_width, math.prod(self.shapes[k])) for k in self.names)
         with torch.no_grad():
             for head in self.heads:
                 head.weight.mul_(cfg.head_init)
-                head.bias.zero_()
+                if head.bias is not None:
+                    head.bias.zero_()
         for i, k in enumerate(self.names):
             fan_in = shapes[k.replace("bias", "weight")][1]
             bound = 1.0 / fan_in if k == "layers.0.weight" else math.sqrt(6.0 / fan_in) / net.w0
@@ -279,3 +301,42 @@ class HyperNet(nn.Module):
         t = self.trunk(z)  # (b, head_width)
         return {k: head(t).view(-1, *self.shapes[k]) * getattr(self, f"scale{i}")
                 for i, (k, head) in enumerate(zip(self.names, self.heads))}
+
+
+def linear_posterior(net: Siren, params: Params, hyper: HyperNet, coords: torch.Tensor, values: torch.Tensor,
+                     mask: torch.Tensor | None, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact Gaussian posterior of the latent of an ``output="linear"`` prior given context points.
+
+    The generated function's raw output is ``m(x) + J(x) z`` with ``m`` the base SIREN and ``J(x)`` the heads applied
+    to the base's last hidden features; with ``z ~ N(0, I)`` and raw values ``2 v - 1 = m + J z + N(0, noise)``, the
+    posterior is ``N(mu, P^-1)`` with precision ``P = I + J^T J / noise`` and ``mu = P^-1 J^T (2 v - 1 - m) / noise``:
+    Bayesian linear regression on the context, one Cholesky per image (latent_dim x latent_dim), for any number of
+    points (masked rows drop out of the sums).
+
+    Args:
+        net: the SIREN; ``params`` its shared base parameters (by name).
+        hyper: the :class:`HyperNet` built with ``output="linear"``.
+        coords, values, mask: ``(b, n, 2)``, ``(b, n, C)`` in [0, 1], optional ``(b, n)``.
+        noise: scalar noise variance on the raw scale.
+    Returns:
+        ``mu (b, d)`` and the lower Cholesky factor ``(b, d, d)`` of the precision ``P``.
+    """
+    h = coords
+    for i in range(len(net.layers) - 1):
+        h = torch.sin(net.w0 * F.linear(h, params[f"layers.{i}.weight"], params[f"layers.{i}.bias"]))
+    last = f"layers.{len(net.layers) - 1}."
+    base = F.linear(h, params[last + "weight"], params[last + "bias"])  # (b, n, C)
+    c, k = params[last + "weight"].shape
+    heads = dict(zip(hyper.names, hyper.heads))
+    scale = {name: getattr(hyper, f"scale{i}") for i, name in enumerate(hyper.names)}
+    d = heads[last + "weight"].weight.shape[1]
+    jac = torch.einsum("bnk,ckd->bncd", h, heads[last + "weight"].weight.view(c, k, d)) * scale[last + "weight"]
+    jac = (jac + heads[last + "bias"].weight * scale[last + "bias"]).flatten(1, 2)  # (b, n * C, d)
+    resid = (2 * values - 1 - base).flatten(1)  # (b, n * C)
+    if mask is not None:
+        keep = mask[..., None].expand(-1, -1, c).flatten(1).to(jac.dtype)
+        jac, resid = jac * keep[..., None], resid * keep
+    eye = torch.eye(d, dtype=jac.dtype, device=jac.device)
+    chol = torch.linalg.cholesky(eye + jac.mT @ jac / noise)
+    mu = torch.cholesky_solve((jac.mT @ resid[..., None]) / noise, chol)[..., 0]
+    return mu, chol

@@ -87,7 +87,7 @@ def test_set_encoder_is_order_invariant_and_masked_pooling_ignores_padding():
 
 
 @pytest.mark.parametrize("output,encoder", [("weights", "set"), ("shift", "set"), ("weights", "conv"),
-                                            ("weights", "grid")])
+                                            ("weights", "grid"), ("linear", "posterior")])
 def test_training_steps_lower_the_reconstruction_error(output, encoder):
     prior, x = make(output, encoder), images(8)
 
@@ -144,7 +144,8 @@ def test_sample_and_interpolate_give_functions(density):
     torch.testing.assert_close(line.render(8, 8)[[0, 3]], ends)
 
 
-@pytest.mark.parametrize("output,encoder", [("weights", "set"), ("shift", "conv"), ("weights", "grid")])
+@pytest.mark.parametrize("output,encoder", [("weights", "set"), ("shift", "conv"), ("weights", "grid"),
+                                            ("linear", "posterior")])
 def test_state_roundtrip_gives_identical_outputs(tmp_path, output, encoder):
     prior, x = make(output, encoder, channels=3), images(4, c=3)
     prior.fit_density(x, kind="gaussian")
@@ -251,6 +252,15 @@ def test_meta_learned_refinement_trains_its_step_sizes(refine):
         assert context_mse(prior.adapt_context(coords, values, steps=2), coords, values) < 0.9 * one_pass
 
 
+def test_refining_another_target_than_the_learned_one_falls_back_to_adam():
+    """Learned step sizes exist only for the trained target; refining the latent of such a prior uses Adam."""
+    prior, x = make(refine="params", train_refine_steps=1), images(2)
+    coords, values = context(x, 20)
+    prior.cfg = HyperConfig(**{**prior.config["hyper"], "refine": "latent"})
+    one_pass = context_mse(prior.adapt_context(coords, values), coords, values)
+    assert context_mse(prior.adapt_context(coords, values, steps=3), coords, values) != one_pass
+
+
 def test_auto_refinement_moves_only_the_latent_when_few_pixels_are_known():
     prior, x = make(refine_min_context=30), images(2)
     for n, target in ((20, "latent"), (40, "params")):
@@ -258,3 +268,57 @@ def test_auto_refinement_moves_only_the_latent_when_few_pixels_are_known():
         auto = prior.adapt_context(coords, values, steps=2).render(8, 8)
         fixed = make(refine=target).adapt_context(coords, values, steps=2).render(8, 8)
         torch.testing.assert_close(auto, fixed, rtol=0, atol=0)
+
+
+def test_linear_output_generates_only_the_output_layer_linearly_in_the_latent():
+    prior = make("linear", "posterior")
+    last = f"layers.{len(prior.net.layers) - 1}."
+    assert prior.hyper.names == [last + "weight", last + "bias"]
+    coords = torch.rand(9, 2) * 2 - 1
+    out = lambda z: Functions(prior.net, prior.generate(z)).query(coords).value  # noqa: E731
+    z1, z2 = torch.randn(1, 8), torch.randn(1, 8)
+    with torch.no_grad():  # affine in z: f(a z1 + (1 - a) z2) = a f(z1) + (1 - a) f(z2)
+        torch.testing.assert_close(out(0.3 * z1 + 0.7 * z2), 0.3 * out(z1) + 0.7 * out(z2), atol=1e-6, rtol=0)
+        assert not torch.allclose(out(z1), out(z2))
+
+
+def test_posterior_encoder_is_exact_bayesian_linear_regression():
+    """The closed form against a brute force in float64: the Jacobian of the generated raw output by autodiff, and
+    the posterior of z ~ N(0, I), y = m + J z + N(0, noise) by the textbook covariance formulas."""
+    prior = make("linear", "posterior").double()
+    with torch.no_grad():
+        prior.log_noise.fill_(math.log(0.05))
+    coords, values = context(images(2).double(), 12)
+    mu, logvar = prior.encode(coords, values)
+    for i in range(2):
+        raw = lambda z: 2 * Functions(prior.net, prior.generate(z[None])).query(coords[i]).value[0, :, 0] - 1  # noqa
+        z0 = torch.zeros(8, dtype=torch.float64)
+        jac = torch.func.jacfwd(raw)(z0).detach()  # (n, d)
+        m = raw(z0).detach()
+        cov_y = jac @ jac.T + 0.05 * torch.eye(12, dtype=torch.float64)
+        gain = jac.T @ torch.linalg.inv(cov_y)  # Cov(z, y) Cov(y)^-1
+        torch.testing.assert_close(mu[i], gain @ (2 * values[i, :, 0] - 1 - m), atol=1e-10, rtol=1e-8)
+        post_cov = torch.eye(8, dtype=torch.float64) - gain @ jac
+        torch.testing.assert_close(logvar[i], post_cov.diagonal().log(), atol=1e-10, rtol=1e-8)
+    pad_c = torch.cat([coords, torch.rand(2, 5, 2, dtype=torch.float64) * 2 - 1], 1)
+    pad_v = torch.cat([values, torch.rand(2, 5, 1, dtype=torch.float64)], 1)
+    mask = torch.cat([torch.ones(2, 12), torch.zeros(2, 5)], 1).double()
+    torch.testing.assert_close(prior.encode(pad_c, pad_v, mask)[0], mu)  # padding drops out of the sums
+
+
+def test_posterior_training_kl_is_the_full_covariance_gaussian_kl():
+    """forward()'s KL term equals torch.distributions' KL(N(mu, P^-1) || N(0, I)) for the same context."""
+    prior, x = make("linear", "posterior", min_context=64).double(), images(3).double()
+    _, metrics = prior(x, torch.Generator().manual_seed(0))  # min_context = all 64 pixels: the context is x
+    coords, values = image_to_points(x)
+    mu, chol = prior._posterior(coords.expand(3, -1, -1), values)
+    q = torch.distributions.MultivariateNormal(mu, precision_matrix=chol @ chol.mT)
+    p = torch.distributions.MultivariateNormal(torch.zeros(8, dtype=torch.float64), torch.eye(8, dtype=torch.float64))
+    assert metrics["kl"] == pytest.approx(float(torch.distributions.kl_divergence(q, p).mean().detach()), rel=1e-9)
+
+
+def test_posterior_encoder_needs_the_linear_output():
+    with pytest.raises(ValueError, match='encoder="posterior" needs output="linear"'):
+        HyperConfig(encoder="posterior", output="weights")
+    with pytest.raises(ValueError, match="noise_init must be positive"):
+        HyperConfig(output="linear", encoder="posterior", noise_init=0.0)
