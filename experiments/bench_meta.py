@@ -11,9 +11,13 @@ measurement runs in a fresh subprocess (isolated memory, no shared compile cache
 - peak RSS growth: the process's resident-set high-water mark over one step minus its size before it (Linux: the
   mark is reset through ``/proc/self/clear_refs``); includes allocator caching and fragmentation;
 - FLOPs: matmul FLOPs of one eager meta-step (``torch.utils.flop_counter.FlopCounterMode``: every forward and
-  backward matmul), so model GFLOP/s = FLOPs / step time, set against ``torch.mm`` at the step's shapes on the
-  same machine in the same process: ``(B*N, h) @ (h, h)`` (all tasks' points through one shared layer) and
-  ``(N, h) @ (h, h)`` (one task, the loop's shape); the efficiency column divides by the faster of the two.
+  backward matmul), so model GFLOP/s = FLOPs / step time, set against the matmul limit on the same machine in the
+  same process. The limit at the step's shapes ("mm step"): every matrix product of one eager step is recorded with
+  its shapes (a ``TorchDispatchMode``: ``mm``, ``addmm``, ``bmm``, ``baddbmm``, forward and backward), each distinct
+  shape is timed alone with ``torch.mm`` / ``torch.bmm`` (fastest of 30), and the limit is the step's FLOPs over the
+  sum of those times: what the library reaches on exactly this step's products with nothing else to do. The
+  efficiency column divides by it. For reference, two single shapes: ``(B*N, h) @ (h, h)`` (all tasks' points
+  through one shared layer) and ``(N, h) @ (h, h)`` (one task, the loop's shape).
 
 A third table gives the memory of second-order MAML for 3 and 10 inner steps, with and without gradient
 checkpointing of the inner loop (``MetaPrior(checkpoint=True)``). ``torch.compile`` of the ``higher`` loop is not
@@ -59,6 +63,45 @@ def _gflops_mm(torch, m: int, k: int, n: int, device, reps: int = 30) -> float:
         _sync(torch, device)
         times.append(time.perf_counter() - t)
     return 2 * m * k * n / min(times[1:]) / 1e9
+
+
+def _matmul_shapes(torch, step) -> dict:
+    """``{(op, shapes of its two matrix operands): count}`` of the matrix products one call of ``step`` runs."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            op = func.overloadpacket.__name__
+            if op in ("mm", "addmm", "bmm", "baddbmm"):
+                a, b = args[-2:]  # addmm / baddbmm: (input, mat1, mat2)
+                calls[("bmm" if op.endswith("bmm") else "mm", tuple(a.shape), tuple(b.shape))] += 1
+            return func(*args, **(kwargs or {}))
+
+    calls = Counter()
+    with Record():
+        step()
+    return dict(calls)
+
+
+def _step_limit(torch, calls: dict, device, reps: int = 30) -> tuple[float, float]:
+    """(FLOPs, seconds) of the recorded products each timed alone (fastest of ``reps``) with torch.mm / bmm."""
+    flops = seconds = 0.0
+    for (op, sa, sb), count in calls.items():
+        a, b = torch.randn(*sa, device=device), torch.randn(*sb, device=device)
+        fn = torch.bmm if op == "bmm" else torch.mm
+        times = []
+        for _ in range(reps + 1):
+            _sync(torch, device)
+            t = time.perf_counter()
+            fn(a, b)
+            _sync(torch, device)
+            times.append(time.perf_counter() - t)
+        batch = sa[0] if op == "bmm" else 1
+        flops += count * 2 * batch * sa[-2] * sa[-1] * sb[-1]
+        seconds += count * min(times[1:])
+    return flops, seconds
 
 
 def _sync(torch, device):
@@ -133,6 +176,10 @@ def worker(job: dict) -> dict:
         with FlopCounterMode(display=False) as counter:
             step()
         result["flops"] = counter.get_total_flops()
+        calls = _matmul_shapes(torch, step)
+        limit_flops, limit_s = _step_limit(torch, calls, device)
+        result.update(mm_gflops_step=limit_flops / limit_s / 1e9, step_matmul_flops=limit_flops,
+                      step_matmul_shapes=len(calls))
     n, h, b = job["size"] ** 2, job["hidden"], job["batch"]
     result["mm_gflops_batched"] = _gflops_mm(torch, b * n, h, h, device)
     result["mm_gflops_task"] = _gflops_mm(torch, n, h, h, device)
@@ -226,7 +273,7 @@ def report(results, memory, out: Path):
     print("\nspeed (higher = per-task loop with higher; ratio = vmap / higher)")
     print(f"{'config':12s} {'B':>3s} {'mode':8s} {'vmap st/s':>9s} {'higher st/s':>11s} {'ratio':>6s} "
           f"{'vmap MB':>8s} {'higher MB':>9s} {'mem x':>6s} {'GFLOP/s v':>9s} {'GFLOP/s h':>9s} "
-          f"{'mm B*N':>7s} {'mm N':>6s} {'eff':>5s}")
+          f"{'mm B*N':>7s} {'mm N':>6s} {'mm step':>7s} {'eff':>5s} {'eff h':>5s}")
     keyed = {(r["config"], r["batch"], r["mode"], r["path"]): r for r in results}
     for (cfg, b, mode, path), r in keyed.items():
         if path != "vmap":
@@ -239,19 +286,22 @@ def report(results, memory, out: Path):
         f = flops.get((cfg, b))
         gv = f / r["step_s"] / 1e9 if f and ok(r) else None
         gh = f / h["step_s"] / 1e9 if f and ok(h) else None
-        mm = max(r.get("mm_gflops_batched") or 0, r.get("mm_gflops_task") or 0) or None  # the better shape
+        # the limit at this step's own products (measured in the eager row of the same configuration)
+        mm = (keyed.get((cfg, b, "eager", "vmap")) or {}).get("mm_gflops_step")
         row = dict(config=cfg, batch=b, mode=mode, vmap_steps_s=v_sps, higher_steps_s=h_sps,
                    ratio=v_sps / h_sps if v_sps and h_sps else None,
                    vmap_mb=r.get("peak_tensor_mb"), higher_mb=h.get("peak_tensor_mb") if ok(h) else None,
                    vmap_gflops=gv, higher_gflops=gh, mm_batched=r.get("mm_gflops_batched"),
-                   mm_task=r.get("mm_gflops_task"), efficiency=gv / mm if gv and mm else None, error=r.get("error"))
+                   mm_task=r.get("mm_gflops_task"), mm_step=mm, efficiency=gv / mm if gv and mm else None,
+                   higher_efficiency=gh / mm if gh and mm else None, error=r.get("error"))
         row["mem_ratio"] = row["vmap_mb"] / row["higher_mb"] if row["vmap_mb"] and row["higher_mb"] else None
         rows.append(row)
         ratios[f"{cfg}\nB={b} {mode}"] = row["ratio"]
         print(f"{cfg:12s} {b:3d} {mode:8s} {fmt(v_sps, '9.2f')} {fmt(h_sps, '11.2f')} {fmt(row['ratio'], '6.2f')} "
               f"{fmt(row['vmap_mb'], '8.1f')} {fmt(row['higher_mb'], '9.1f')} {fmt(row['mem_ratio'], '6.2f')} "
               f"{fmt(gv, '9.1f')} {fmt(gh, '9.1f')} {fmt(row['mm_batched'], '7.1f')} {fmt(row['mm_task'], '6.1f')} "
-              f"{fmt(row['efficiency'], '5.2f')}" + (f"  ERROR {r['error']}" if r.get("error") else ""))
+              f"{fmt(mm, '7.1f')} {fmt(row['efficiency'], '5.2f')} {fmt(row['higher_efficiency'], '5.2f')}"
+              + (f"  ERROR {r['error']}" if r.get("error") else ""))
     if memory:
         print("\nsecond-order MAML memory vs inner steps (peak tensor MB / peak RSS growth MB / s per step)")
         for r in memory:

@@ -6,9 +6,14 @@ image has them) and all of its pixels, and scores the whole image: mean squared 
 pixels of all held-out images, and PSNR = 10 log10(1 / MSE) of that pooled MSE. Methods:
 
 - the per-pixel mean of the training images (ignores the context: the floor to beat);
-- HyperPrior, one encoder + hypernetwork pass;
-- HyperPrior + ``--refine-steps`` test-time Adam steps on the context pixels: the default (``refine="auto"``: all
-  generated weights, or the latent alone when fewer than 50 pixels are known), and each of the two alone;
+- the Gaussian conditional: the posterior mean of a Gaussian over the pixels with the training images' (and their
+  mirror images') mean and covariance, the best linear estimator from this data (see :func:`gaussian_conditional`);
+- HyperPrior, one encoder + hypernetwork pass (default settings ``HYPER``: the linear output with the exact
+  posterior encoder and 3 learned refinement steps; ``--hyper '{"output": "weights", "encoder": "set",
+  "train_refine_steps": 0, "beta": 1e-5}'`` is the per-tensor-heads hypernetwork);
+- HyperPrior + ``--refine-steps`` test-time steps on the context pixels: the default (``refine="auto"``: all
+  generated weights with the learned step sizes, or without them Adam on all weights, or on the latent alone when
+  fewer than 50 pixels are known), and each of the two targets alone;
 - MetaPrior ``adapt_context`` with ``--refine-steps`` inner steps.
 
 The same context pixels (one fixed draw) are used by every method. The HyperPrior's one-pass score on as many
@@ -40,7 +45,8 @@ from inrprior import data as ipdata
 from inrprior.hyper import HyperPrior
 from inrprior.train import train as train_prior
 
-HYPER = {"output": "weights", "beta": 1e-5, "flip": True}  # overridden by --hyper JSON (flip: faces are symmetric)
+# overridden by --hyper JSON (flip: faces are symmetric); the earlier default was {"output": "weights", "beta": 1e-5}
+HYPER = {"output": "linear", "encoder": "posterior", "beta": 1e-6, "train_refine_steps": 3, "flip": True}
 META = {"meta_sgd": True}  # MetaPrior settings, overridden by --meta JSON
 
 
@@ -111,6 +117,8 @@ COST_VARIANTS = {  # name -> HyperPrior settings measured by --cost
     "weights, anchor-sized (latent 256, 256-wide heads)": {"output": "weights", "latent_dim": 256, "hidden": 256,
                                                            "head_width": 256},
     "shift": {"output": "shift"},
+    "linear, exact posterior, 3 learned refinement steps": {"output": "linear", "encoder": "posterior",
+                                                             "train_refine_steps": 3},
 }
 
 
