@@ -176,7 +176,11 @@ def worker(job: dict) -> dict:
         with FlopCounterMode(display=False) as counter:
             step()
         result["flops"] = counter.get_total_flops()
-        calls = _matmul_shapes(torch, step)
+    if job.get("flops", True):  # the limit at this step's products, timed in this process (compile rows too)
+        def eager_step():
+            prior.zero_grad(set_to_none=True)
+            fn(images)[0].backward()
+        calls = _matmul_shapes(torch, eager_step)
         limit_flops, limit_s = _step_limit(torch, calls, device)
         result.update(mm_gflops_step=limit_flops / limit_s / 1e9, step_matmul_flops=limit_flops,
                       step_matmul_shapes=len(calls))
@@ -286,8 +290,8 @@ def report(results, memory, out: Path):
         f = flops.get((cfg, b))
         gv = f / r["step_s"] / 1e9 if f and ok(r) else None
         gh = f / h["step_s"] / 1e9 if f and ok(h) else None
-        # the limit at this step's own products (measured in the eager row of the same configuration)
-        mm = (keyed.get((cfg, b, "eager", "vmap")) or {}).get("mm_gflops_step")
+        # the limit at this step's own products, measured in the row's own process
+        mm = r.get("mm_gflops_step") or (keyed.get((cfg, b, "eager", "vmap")) or {}).get("mm_gflops_step")
         row = dict(config=cfg, batch=b, mode=mode, vmap_steps_s=v_sps, higher_steps_s=h_sps,
                    ratio=v_sps / h_sps if v_sps and h_sps else None,
                    vmap_mb=r.get("peak_tensor_mb"), higher_mb=h.get("peak_tensor_mb") if ok(h) else None,
