@@ -117,6 +117,7 @@ COST_VARIANTS = {  # name -> HyperPrior settings measured by --cost
     "weights, anchor-sized (latent 256, 256-wide heads)": {"output": "weights", "latent_dim": 256, "hidden": 256,
                                                            "head_width": 256},
     "shift": {"output": "shift"},
+    "linear, exact posterior": {"output": "linear", "encoder": "posterior"},
     "linear, exact posterior, 3 learned refinement steps": {"output": "linear", "encoder": "posterior",
                                                              "train_refine_steps": 3},
 }
