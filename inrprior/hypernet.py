@@ -58,8 +58,9 @@ class HyperConfig:
     weight_reg: weight of the mean squared generated offset (the SIREN paper's weight-norm term).
     refine: what refinement steps optimize: "latent", "shift" (sine-layer biases), "params" (all generated
         tensors) or "auto": "params" for output="weights" or "linear", "shift" for output="shift", but "latent"
-        when an image has fewer than refine_min_context known pixels (moving every weight then fits those pixels at the cost of
-        the rest: on held-out faces it lost ~1 dB at 10 pixels, while refining the latent gained a little).
+        when an image has fewer than refine_min_context known pixels (moving every weight then fits those pixels at
+        the cost of the rest: on held-out faces it lost ~1 dB at 10 pixels, while refining the latent gained a
+        little); with learned step sizes (train_refine_steps) always the configured target.
     refine_lr: step size for the configured target; None picks per target: Adam 1e-3 (params), 1e-2 (shift),
         5e-2 (latent); learned-SGD init 1e-2 (params), 1e-1 (shift, latent).
     refine_steps: default refinement steps of adapt / adapt_context.
