@@ -2,8 +2,10 @@
 
 The networks and their settings are in :mod:`inrprior.hypernet`: an encoder maps known pixels (coordinates +
 colours) to the mean and log-variance of a Gaussian latent ``z``; a hypernetwork maps ``z`` to SIREN parameters by
-the SIREN's own names, either every tensor (``output="weights"``, offsets from a learned base) or only the sine-layer
-biases (``output="shift"``). This module holds the prior that trains, refines and samples with them.
+the SIREN's own names, either every tensor (``output="weights"``, offsets from a learned base), only the sine-layer
+biases (``output="shift"``) or, linearly, only the output layer (``output="linear"``), whose latent posterior
+``encoder="posterior"`` computes exactly instead of learning an encoder. This module holds the prior that trains,
+refines and samples with them.
 
 Training (``forward``) draws a context size log-uniformly between ``min_context`` and all pixels, encodes a random
 context, reconstructs *all* pixels and minimizes ``MSE + beta * KL (+ weight_reg * mean squared offset)``; the
