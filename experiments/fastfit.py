@@ -135,6 +135,8 @@ def main(argv=None):
     p.add_argument("--adam-from", default=None, help="reuse the standard-init Adam curves of this earlier --out "
                    "folder (its results.json; data, size, SIREN, test images and Adam settings must match)")
     p.add_argument("--test-images", type=int, default=20)
+    p.add_argument("--resume", action="store_true", help="continue the training folders under --out (exact resume; "
+                   "a larger --train-steps trains them further)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (1 is faster on a busy machine)")
     p.add_argument("--out", default="runs/fastfit")
     p.add_argument("--quick", action="store_true",
@@ -179,7 +181,7 @@ def main(argv=None):
         start = time.perf_counter()
         train_prior(prior, train, a.train_steps, out / name, batch_size=a.batch, lr=a.outer_lr, eval_dataset=test,
                        eval_every=max(1, a.train_steps // 5), checkpoint_every=a.train_steps, density=None,
-                       progress=not a.no_progress, device="cpu")
+                       progress=not a.no_progress, device="cpu", resume=a.resume)
         seconds = time.perf_counter() - start
         curve = prior_curve(prior, test)
         reach = steps_to_reach(adam, curve[3])
