@@ -51,18 +51,23 @@ def _rss_kb(field: str) -> int:
     return 0
 
 
-def _gflops_mm(torch, m: int, k: int, n: int, device, reps: int = 30) -> float:
-    """``torch.mm`` GFLOP/s at ``(m, k) @ (k, n)``: the fastest of ``reps`` timed products (the limit; a median of a
+def _fastest(torch, fn, device, reps: int = 30) -> float:
+    """Seconds of the fastest of ``reps`` timed calls of ``fn`` after one untimed call (the limit; a median of a
     few products of a few milliseconds each moved by up to 1.8x between processes)."""
-    a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
     times = []
     for _ in range(reps + 1):
         _sync(torch, device)
         t = time.perf_counter()
-        a @ b
+        fn()
         _sync(torch, device)
         times.append(time.perf_counter() - t)
-    return 2 * m * k * n / min(times[1:]) / 1e9
+    return min(times[1:])
+
+
+def _gflops_mm(torch, m: int, k: int, n: int, device) -> float:
+    """``torch.mm`` GFLOP/s at ``(m, k) @ (k, n)``."""
+    a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
+    return 2 * m * k * n / _fastest(torch, lambda: a @ b, device) / 1e9
 
 
 def _matmul_shapes(torch, step) -> dict:
@@ -85,22 +90,15 @@ def _matmul_shapes(torch, step) -> dict:
     return dict(calls)
 
 
-def _step_limit(torch, calls: dict, device, reps: int = 30) -> tuple[float, float]:
-    """(FLOPs, seconds) of the recorded products each timed alone (fastest of ``reps``) with torch.mm / bmm."""
+def _step_limit(torch, calls: dict, device) -> tuple[float, float]:
+    """(FLOPs, seconds) of the recorded products, each timed alone (:func:`_fastest`) with torch.mm / bmm."""
     flops = seconds = 0.0
     for (op, sa, sb), count in calls.items():
         a, b = torch.randn(*sa, device=device), torch.randn(*sb, device=device)
         fn = torch.bmm if op == "bmm" else torch.mm
-        times = []
-        for _ in range(reps + 1):
-            _sync(torch, device)
-            t = time.perf_counter()
-            fn(a, b)
-            _sync(torch, device)
-            times.append(time.perf_counter() - t)
         batch = sa[0] if op == "bmm" else 1
         flops += count * 2 * batch * sa[-2] * sa[-1] * sb[-1]
-        seconds += count * min(times[1:])
+        seconds += count * _fastest(torch, lambda: fn(a, b), device)  # noqa: B023 (called before the next loop)
     return flops, seconds
 
 

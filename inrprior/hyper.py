@@ -94,8 +94,7 @@ class HyperPrior(nn.Module):
 
     def _posterior(self, coords, values, mask=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and Cholesky factor of the precision of the exact latent posterior (encoder="posterior")."""
-        return linear_posterior(self.net, dict(self.net.named_parameters()), self.hyper, coords, values, mask,
-                                self.log_noise.exp())
+        return linear_posterior(self.net, self.hyper, coords, values, mask, self.log_noise.exp())
 
     def generate(self, z: torch.Tensor) -> Params:
         """SIREN parameters for latents ``z (b, latent_dim)``; shift mode leaves the shared weights unbatched."""

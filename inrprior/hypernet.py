@@ -304,7 +304,7 @@ class HyperNet(nn.Module):
                 for i, (k, head) in enumerate(zip(self.names, self.heads))}
 
 
-def linear_posterior(net: Siren, params: Params, hyper: HyperNet, coords: torch.Tensor, values: torch.Tensor,
+def linear_posterior(net: Siren, hyper: HyperNet, coords: torch.Tensor, values: torch.Tensor,
                      mask: torch.Tensor | None, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact Gaussian posterior of the latent of an ``output="linear"`` prior given context points.
 
@@ -315,25 +315,21 @@ def linear_posterior(net: Siren, params: Params, hyper: HyperNet, coords: torch.
     points (masked rows drop out of the sums).
 
     Args:
-        net: the SIREN; ``params`` its shared base parameters (by name).
+        net: the SIREN (its own parameters are the base).
         hyper: the :class:`HyperNet` built with ``output="linear"``.
         coords, values, mask: ``(b, n, 2)``, ``(b, n, C)`` in [0, 1], optional ``(b, n)``.
         noise: scalar noise variance on the raw scale.
     Returns:
         ``mu (b, d)`` and the lower Cholesky factor ``(b, d, d)`` of the precision ``P``.
     """
-    h = coords
-    for i in range(len(net.layers) - 1):
-        h = torch.sin(net.w0 * F.linear(h, params[f"layers.{i}.weight"], params[f"layers.{i}.bias"]))
-    last = f"layers.{len(net.layers) - 1}."
-    base = F.linear(h, params[last + "weight"], params[last + "bias"])  # (b, n, C)
-    c, k = params[last + "weight"].shape
-    heads = dict(zip(hyper.names, hyper.heads))
-    scale = {name: getattr(hyper, f"scale{i}") for i, name in enumerate(hyper.names)}
-    d = heads[last + "weight"].weight.shape[1]
-    jac = torch.einsum("bnk,ckd->bncd", h, heads[last + "weight"].weight.view(c, k, d)) * scale[last + "weight"]
-    jac = (jac + heads[last + "bias"].weight * scale[last + "bias"]).flatten(1, 2)  # (b, n * C, d)
-    resid = (2 * values - 1 - base).flatten(1)  # (b, n * C)
+    h = net.features(coords)  # (b, n, k)
+    out = net.layers[-1]
+    c, k = out.weight.shape
+    head_w, head_b = hyper.heads  # names: the output layer's weight, then its bias
+    d = head_w.weight.shape[1]
+    jac = torch.einsum("bnk,ckd->bncd", h, head_w.weight.view(c, k, d)) * hyper.scale0
+    jac = (jac + head_b.weight * hyper.scale1).flatten(1, 2)  # (b, n * C, d)
+    resid = (2 * values - 1 - out(h)).flatten(1)  # (b, n * C)
     if mask is not None:
         keep = mask[..., None].expand(-1, -1, c).flatten(1).to(jac.dtype)
         jac, resid = jac * keep[..., None], resid * keep

@@ -61,10 +61,14 @@ class Siren(nn.Module):
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
         """``(..., in_features)`` coordinates to ``(..., out_features)`` raw outputs (images use ``[-1, 1]``)."""
+        return self.layers[-1](self.features(coords))
+
+    def features(self, coords: torch.Tensor) -> torch.Tensor:
+        """The last sine layer's output ``(..., hidden_features)``: what the linear output layer combines."""
         h = coords
         for layer in self.layers[:-1]:
             h = torch.sin(self.w0 * layer(h))
-        return self.layers[-1](h)
+        return h
 
     def sine_layer_names(self) -> list[str]:
         """Names of the biases of the sine layers: where shift modulations ``b + s`` enter."""
