@@ -213,6 +213,7 @@ def main(argv=None):
     p.add_argument("--batches", default="4,16,64")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated from {list(CONFIGS)}")
     p.add_argument("--modes", default="eager,compile")
+    p.add_argument("--compile-batches", default=None, help="meta-batches of the compile rows (default: --batches)")
     p.add_argument("--compile-higher", action="store_true", help="also try torch.compile on the higher loop")
     p.add_argument("--channels", type=int, default=1)
     p.add_argument("--warmup", type=int, default=2)
@@ -242,6 +243,8 @@ def main(argv=None):
                 continue
             for mode in a.modes.split(","):
                 if a.quick and mode == "compile" and not (name.startswith("8x8") and b == 16):
+                    continue
+                if mode == "compile" and a.compile_batches and b not in map(int, a.compile_batches.split(",")):
                     continue
                 for path in ("vmap", "higher"):
                     if path == "higher" and mode == "compile" and not a.compile_higher:

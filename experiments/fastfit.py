@@ -14,6 +14,7 @@ over images. Output (``--out``, default ``runs/fastfit``): ``results.json``, ``p
     python experiments/fastfit.py                                  # faces 32x32, the demo's training (all variants)
     python experiments/fastfit.py --data patches --size 64 --out runs/fastfit-patches64
     python experiments/fastfit.py --quick                          # minutes on a busy CPU, small SIREN
+    python experiments/fastfit.py --data patches --size 64 --variants metasgd --device cuda   # on a GPU
 """
 from __future__ import annotations
 
@@ -138,6 +139,7 @@ def main(argv=None):
     p.add_argument("--resume", action="store_true", help="continue the training folders under --out (exact resume; "
                    "a larger --train-steps trains them further)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (1 is faster on a busy machine)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (training, the baseline and the evaluation)")
     p.add_argument("--out", default="runs/fastfit")
     p.add_argument("--quick", action="store_true",
                    help="100 outer steps, 300 Adam steps, 10 test images, variants maml,latent,maml-ctx10")
@@ -153,15 +155,18 @@ def main(argv=None):
         p.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(a.device)
     train, test = load_data(a.data, a.size, a.test_images)
+    test = test.to(dev)
     c = train.shape[1]
     gen = torch.Generator().manual_seed(0)
-    ctx_c, ctx_v = ipdata.sample_context(test, 0.1, generator=gen)  # (b, n, 2), (b, n, c)
+    ctx_c, ctx_v = ipdata.sample_context(test.cpu(), 0.1, generator=gen)  # (b, n, 2), (b, n, c)
+    ctx_c, ctx_v = ctx_c.to(dev), ctx_v.to(dev)
     results = {"config": vars(a), "train_images": len(train), "test_images": len(test), "variants": {}}
     print(f"{a.data} {a.size}x{a.size}: {len(train)} train / {len(test)} test images; SIREN {a.layers}x{a.hidden}; "
-          f"torch threads {torch.get_num_threads()}")
+          f"torch threads {torch.get_num_threads()}; {dev}")
 
-    net = ip.Siren(2, c, a.hidden, a.layers, 30.0)
+    net = ip.Siren(2, c, a.hidden, a.layers, 30.0).to(dev)
     every = sorted({s for s in [0, 1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 300, 500, 1000, 2000] if s <= a.adam_steps})
     if a.adam_from:
         results["adam"], adam_params = reuse_adam(Path(a.adam_from), a), None
@@ -181,7 +186,7 @@ def main(argv=None):
         start = time.perf_counter()
         train_prior(prior, train, a.train_steps, out / name, batch_size=a.batch, lr=a.outer_lr, eval_dataset=test,
                        eval_every=max(1, a.train_steps // 5), checkpoint_every=a.train_steps, density=None,
-                       progress=not a.no_progress, device="cpu", resume=a.resume)
+                       progress=not a.no_progress, device=dev, resume=a.resume)
         seconds = time.perf_counter() - start
         curve = prior_curve(prior, test)
         reach = steps_to_reach(adam, curve[3])
@@ -222,7 +227,7 @@ def plots(out: Path, results: dict, renders: dict, a) -> None:
                 title="fitting 10% of the pixels, scored on the whole image")
     n = min(6, len(renders["test"]))
     rows = [(name, img[:n]) for name, img in renders.items()]
-    image_grid(torch.cat([img for _, img in rows]), out / "reconstructions.png", nrow=n,
+    image_grid(torch.cat([img.cpu() for _, img in rows]), out / "reconstructions.png", nrow=n,
                titles=[name if j == 0 else "" for name, _ in rows for j in range(n)],
                title="held-out images: target, prior after 3 steps, standard init after 3 / all Adam steps")
 
