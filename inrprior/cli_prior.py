@@ -125,8 +125,9 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-steps", type=int, default=3, help="adaptation steps of the evaluation")
     g.add_argument("--checkpoint-every", type=positive_int, default=50, help="steps between checkpoints")
     g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
-    g.add_argument("--density", choices=("gaussian", "gmm", "none"), default="gaussian",
-                   help="sampling density fitted after training")
+    g.add_argument("--density", choices=("gaussian", "gmm", "pca", "none"), default="gaussian",
+                   help="sampling density fitted after training (gmm: latent MetaPriors and HyperPriors; none: a "
+                        "HyperPrior samples N(0, I), a MetaPrior cannot sample)")
     g.add_argument("--grad-clip", type=positive_float, default=None, help="clip the gradient norm")
     g.add_argument("--amp", choices=("bf16",), default=None, help="bfloat16 autocast")
     g.add_argument("--compile", action="store_true", help="torch.compile the training step")
@@ -204,6 +205,9 @@ def _sample(args: argparse.Namespace) -> int:
     from .plots import image_grid
 
     prior = _load_run(args.run, device_of(args.device))
+    if prior.config["kind"] == "meta" and prior.density is None:
+        raise ValueError(f"{args.run} holds a MetaPrior without a sampling density (trained with --density none); "
+                         "fit one in Python: prior.fit_density(train_images); prior.save(path)")
     functions = prior.sample(args.n, generator=torch.Generator().manual_seed(args.seed))
     images = functions.render(args.size, args.size).cpu()
     image_grid(images, args.output)

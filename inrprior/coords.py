@@ -81,24 +81,25 @@ def check_coords(coords: torch.Tensor, batch: int | None = None) -> torch.Tensor
 def as_image_batch(image: Any, name: str = "image") -> tuple[torch.Tensor, bool]:
     """Convert a tensor, numpy array or PIL image to a ``(B, C, H, W)`` float tensor in ``[0, 1]``.
 
-    Accepts ``(C, H, W)``/``(B, C, H, W)`` tensors, ``(H, W)``/``(H, W, C)`` arrays (uint8 is scaled by 1/255) and PIL
-    images. Returns the batch and whether the input was a single image.
+    Accepts ``(C, H, W)``/``(B, C, H, W)`` tensors, channels-last arrays ``(H, W)``/``(H, W, C)``/``(B, H, W, C)``
+    as scikit-image and PIL give them (uint8 is scaled by 1/255, uint16 by 1/65535) and PIL images; values outside
+    ``[0, 1]`` are an error. Returns the batch and whether the input was a single image.
     """
     if not isinstance(image, torch.Tensor):
         if hasattr(image, "mode") and hasattr(image, "size"):  # PIL image
             image = np.asarray(image.convert("RGB") if image.mode not in ("L", "RGB") else image)
         arr = np.asarray(image)
-        if arr.dtype == np.uint8:
-            arr = arr.astype(np.float32) / 255.0
+        if arr.dtype in (np.uint8, np.uint16):
+            arr = arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
         if arr.dtype.kind not in "fiub":
             raise TypeError(f"{name} must be numeric, got dtype {arr.dtype}")
         arr = arr.astype(np.float32)
         if arr.ndim == 2:
             arr = arr[None]
-        elif arr.ndim == 3:
-            arr = np.moveaxis(arr, -1, 0)  # numpy images are (H, W, C)
+        elif arr.ndim in (3, 4):
+            arr = np.moveaxis(arr, -1, -3)  # numpy images are (H, W, C)
         else:
-            raise ValueError(f"{name} array must be (H, W) or (H, W, C), got shape {arr.shape}")
+            raise ValueError(f"{name} array must be (H, W), (H, W, C) or (B, H, W, C), got shape {arr.shape}")
         image = torch.from_numpy(np.ascontiguousarray(arr))
     single = image.dim() == 3
     if image.dim() == 2:
@@ -116,6 +117,10 @@ def as_image_batch(image: Any, name: str = "image") -> tuple[torch.Tensor, bool]
     if not torch.is_floating_point(image):
         image = image.float() / (255.0 if image.dtype == torch.uint8 else 1.0)
     check_finite(image, name)
+    lo, hi = image.aminmax()
+    if lo < 0 or hi > 1:
+        hint = " (8-bit values as floats? divide by 255)" if hi > 1.5 else ""
+        raise ValueError(f"{name} values must be in [0, 1], got [{float(lo):.4g}, {float(hi):.4g}]{hint}")
     return image, single
 
 

@@ -164,6 +164,8 @@ def read_image(path, channels: int | None = None) -> torch.Tensor:
             arr = np.load(path, allow_pickle=False)
         except ValueError as e:
             raise ValueError(f"{path} is not a plain numeric .npy array ({e})") from None
+        if arr.ndim not in (2, 3):
+            raise ValueError(f"{path} holds an array of shape {arr.shape}; one image must be (H, W) or (H, W, C)")
         image = as_image_batch(arr, str(path))[0][0]
     else:
         try:
@@ -187,7 +189,7 @@ def photo(name: str = "camera", size=None, channels: int | None = None) -> torch
     Returns:
         ``(C, H, W)`` float tensor in ``[0, 1]``.
     """
-    image = _photo(name)
+    image = _photo(name).clone()  # the cache's copy stays as shipped whatever the caller does with it
     image = convert_channels(image, channels)
     return image if size is None else resize(image, size)
 

@@ -12,6 +12,7 @@ to the ``[-1, 1]`` coordinates. :func:`gradient_per_pixel` and :func:`laplacian_
 """
 from __future__ import annotations
 
+import copy
 import functools
 import warnings
 from dataclasses import dataclass, fields
@@ -270,7 +271,10 @@ class Functions:
     def __getitem__(self, index) -> "Functions":
         shapes = param_shapes(self.net)
         if isinstance(index, int):
-            index = slice(index, index + 1 if index != -1 else None)
+            if not -len(self) <= index < len(self):
+                raise IndexError(f"function index {index} out of range for {len(self)} functions")
+            index %= len(self)
+            index = slice(index, index + 1)
         return Functions(self.net, {k: (v[index] if v.dim() > len(shapes[k]) else v) for k, v in self.params.items()})
 
     @property
@@ -287,7 +291,10 @@ class Functions:
 
     def to(self, *args, **kwargs) -> "Functions":
         params = {k: v.to(*args, **kwargs) for k, v in self.params.items()}
-        net = self.net.to(next(iter(params.values())).device, next(iter(params.values())).dtype)
+        ref, own = next(iter(params.values())), next(self.net.parameters())
+        net = self.net
+        if (own.device, own.dtype) != (ref.device, ref.dtype):  # a copy: the net may be a prior's, shared
+            net = copy.deepcopy(net).to(ref.device, ref.dtype)
         return Functions(net, params)
 
     def detach(self) -> "Functions":

@@ -293,13 +293,16 @@ class HyperPrior(nn.Module):
             out.append(self.encode(coords.expand(chunk.shape[0], -1, -1), values, size=chunk.shape[-2:])[0])
         return torch.cat(out)
 
+    #: what ``fit_density(kind=...)`` accepts (``inrprior.train`` checks it before training)
+    density_kinds = ("gaussian", "gmm", "pca", "standard")
+
     def fit_density(self, images, kind: str = "gaussian", **kwargs):
         """Fit the sampling density to the latents of training images; ``kind="standard"`` goes back to N(0, I).
 
         Args:
             images: ``(M, C, H, W)`` images in [0, 1].
             kind: "gaussian" | "gmm" | "pca" (see :func:`inrprior.density.make_density`) or "standard".
-            kwargs: passed to the density (e.g. ``components=10``).
+            kwargs: passed to the density (e.g. ``n_components=10`` for "gmm").
         Returns:
             The fitted density (None for "standard").
         """

@@ -313,6 +313,11 @@ class MetaPrior(nn.Module):
         return Functions(self.net, siren_params(self.net, {**params, **adapted}))
 
     # -- sampling -----------------------------------------------------------------------------------------------
+    @property
+    def density_kinds(self) -> tuple[str, ...]:
+        """What ``fit_density(kind=...)`` accepts (``inrprior.train`` checks it before training)."""
+        return ("gaussian", "gmm", "pca") if self.cfg.latent_dim is not None else ("gaussian", "pca")
+
     def codes(self, images, steps: int | None = None, chunk: int = 64) -> torch.Tensor:
         """What the sampling density models: adapted latents ``(M, d)``, or adapted weight offsets
         ``(M, P)`` from the initialization (flattened in ``net.named_parameters()`` order)."""
@@ -341,10 +346,12 @@ class MetaPrior(nn.Module):
         """
         from .density import make_density
 
+        if kind not in self.density_kinds:
+            if self.cfg.latent_dim is not None:
+                raise ValueError(f"unknown density {kind!r}; choose from {self.density_kinds}")
+            raise ValueError(f"the all-weights MetaPrior samples from a Gaussian over PCA-reduced weight offsets "
+                             f"(kind 'gaussian' or 'pca'), not {kind!r}; use latent_dim for 'gmm'")
         if self.cfg.latent_dim is None:
-            if kind not in ("gaussian", "pca"):
-                raise ValueError(f"the all-weights MetaPrior samples from a Gaussian over PCA-reduced weight offsets "
-                                 f"(kind 'gaussian' or 'pca'), not {kind!r}; use latent_dim for 'gmm'")
             kind = "pca"
             images = self._check_images(images)[:max_images]
         density = make_density(kind, **kwargs)

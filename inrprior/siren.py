@@ -53,11 +53,8 @@ class Siren(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        for i, layer in enumerate(self.layers):
-            n = layer.in_features
-            bound = 1.0 / n if i == 0 else math.sqrt(6.0 / n) / self.w0
-            layer.weight.uniform_(-bound, bound, generator=generator)
-            layer.bias.uniform_(-bound, bound, generator=generator)
+        for k, v in self.init_params(generator=generator).items():
+            self.get_parameter(k).copy_(v)
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
         """``(..., in_features)`` coordinates to ``(..., out_features)`` raw outputs (images use ``[-1, 1]``)."""
@@ -75,11 +72,24 @@ class Siren(nn.Module):
         return [f"layers.{i}.bias" for i in range(len(self.layers) - 1)]
 
     def init_params(self, n: int | None = None, generator: torch.Generator | None = None) -> Params:
-        """Fresh Sitzmann-initialized parameters, detached; with ``n``, a batch of ``n`` independent draws."""
+        """Fresh Sitzmann-initialized parameters, detached; with ``n``, a batch of ``n`` independent draws.
+
+        Only ``generator`` (else the global generator) is drawn from, on its own device, so a CPU generator
+        seeds a CUDA network and the same seed gives the same weights on every device.
+        """
+        ref = next(self.parameters())
+        where = generator.device if generator is not None else ref.device
+
         def draw() -> Params:
-            fresh = Siren(**self.config).to(next(self.parameters()).device, next(self.parameters()).dtype)
-            fresh.reset_parameters(generator)
-            return {k: v.detach() for k, v in fresh.named_parameters()}
+            out = {}
+            for i, layer in enumerate(self.layers):
+                n_in = layer.in_features
+                bound = 1.0 / n_in if i == 0 else math.sqrt(6.0 / n_in) / self.w0
+                for name, p in layer.named_parameters():
+                    u = torch.empty(p.shape, dtype=ref.dtype, device=where).uniform_(-bound, bound,
+                                                                                      generator=generator)
+                    out[f"layers.{i}.{name}"] = u.to(ref.device)
+            return out
         if n is None:
             return draw()
         return stack_params([draw() for _ in range(n)])

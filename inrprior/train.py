@@ -9,7 +9,8 @@ What a prior must provide (the Prior protocol, see DESIGN.md) and what this loop
   CPU and GPU runs draw the same numbers). Per-image randomness must be drawn for the **global** batch and sliced,
   so that every process consumes the generator identically and gets the numbers a single process would: use
   :func:`per_image`, or read ``generator.shard == (start, stop, global_batch)`` yourself.
-- ``adapt``, ``fit_density``, ``to_state`` / ``from_state`` (exact round trip of the parameters) and ``save``.
+- ``adapt``, ``fit_density``, ``to_state`` / ``from_state`` (exact round trip of the parameters) and ``save``;
+  optionally ``density_kinds`` (what ``fit_density`` accepts), checked before the first step.
 
 The output folder ``out/`` holds: ``config.json`` (the :class:`TrainConfig`, the prior's config, the data's shape),
 ``metrics.jsonl`` (one JSON object per logged step: ``step``, ``loss``, the prior's metrics, ``lr``, ``seconds``,
@@ -32,12 +33,7 @@ import torch.distributed as dist
 from .checkpoint import (CHECKPOINT, check_resumable, load_checkpoint, prepare_files, prepare_out,
                          restore_checkpoint, save_checkpoint)
 
-try:
-    from .targets import psnr
-except ImportError:  # targets.py is being written alongside; the same definition
-    def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Per-image PSNR ``(B,)`` in dB of ``(B, ...)`` images in ``[0, 1]``."""
-        return 10 * torch.log10(1 / (a - b).double().pow(2).flatten(1).mean(1))
+from .targets import psnr
 
 __all__ = ["TrainConfig", "train", "evaluate", "per_image", "ShardedGenerator"]
 
@@ -207,6 +203,10 @@ def train(prior, dataset, steps: int, out, batch_size: int = 8, lr: float = 5e-5
                       compile=compile, **options)
     if len(dataset) == 0:
         raise ValueError("the training dataset is empty")
+    kinds = getattr(prior, "density_kinds", None)
+    if density is not None and kinds is not None and density not in kinds:
+        raise ValueError(f"{type(prior).__name__} cannot fit a {density!r} sampling density (choose from {kinds}, "
+                         f"or None); checked before training so that no run ends without its prior")
     out = Path(out)
     rank, world, device, created = _dist_setup(device)
     try:

@@ -56,6 +56,14 @@ def test_hyper_train_and_flag_errors(tmp_path, capsys):
     assert code == 2 and "--beta only apply to another --prior than meta" in capsys.readouterr().err
 
 
+def test_sample_without_a_density_is_a_clear_error(tmp_path, capsys):
+    out = tmp_path / "nodensity"
+    assert cli.main(["train", "--prior", "meta", "--data", "digits", "--steps", "1", "--out", str(out),
+                     "--density", "none", *TINY]) == 0
+    code = cli.main(["sample", str(out), "-n", "2", "-o", str(tmp_path / "g.png")])
+    assert code == 2 and "without a sampling density" in capsys.readouterr().err
+
+
 def test_resume_via_cli_continues(meta_run, tmp_path):
     code = cli.main(["train", "--prior", "meta", "--data", "digits", "--steps", "6", "--eval-every", "2",
                      "--checkpoint-every", "2", "--out", str(meta_run), "--inner-steps", "2", "--resume", *TINY])

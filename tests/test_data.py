@@ -58,6 +58,8 @@ def test_photo():
     assert data.photo("camera", 8, channels=3).shape == (3, 8, 8)
     with pytest.raises(ValueError, match="unknown photo 'lena'"):
         data.photo("lena")
+    data.photo("camera").zero_()  # the caller's copy: the cached photo and the patches built from it stay
+    assert data.photo("camera").max() > 0.5
 
 
 def test_resize_crops_to_aspect():
@@ -184,3 +186,13 @@ def test_sample_context_picks_distinct_true_pixels():
     assert data.sample_context(images[0], 0.5)[0].shape == (1, 15, 2)
     with pytest.raises(ValueError, match="cannot pick 31 pixels from a 6x5 image"):
         data.sample_context(images, 31)
+
+
+def test_numpy_images_are_channels_last_and_scaled_by_their_integer_type():
+    from inrprior.coords import as_image_batch
+
+    batch, single = as_image_batch(np.arange(2 * 4 * 5 * 3, dtype=np.uint8).reshape(2, 4, 5, 3))
+    assert batch.shape == (2, 3, 4, 5) and not single and batch[1, 2, 3, 4] == (2 * 60 - 1) / 255
+    assert as_image_batch(np.full((4, 5), 65535, np.uint16))[0].max() == 1.0
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\], got \[0, 255\].*divide by 255"):
+        as_image_batch(torch.tensor([[[0.0, 255.0]]]))

@@ -242,3 +242,24 @@ def test_2048_render_with_gradients_runs_chunked():
     assert r.laplacian is None and torch.isfinite(r.gradient).all()
     q = f.query(pixel_to_coord(1000.0, 2000.0, 2048, 2048)[None], ("gradient",))
     assert torch.allclose(r.gradient[0, :, 2000, 1000], q.gradient[0, 0], atol=1e-5)
+
+
+def test_init_params_draws_only_from_its_generator():
+    net = ip.Siren(2, 1, 8, 1)
+    before = torch.random.get_rng_state()
+    a = net.init_params(2, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(torch.random.get_rng_state(), before)  # fit(seed=...) leaves the caller's random state
+    b = net.init_params(2, generator=torch.Generator().manual_seed(3))
+    assert all(torch.equal(a[k], b[k]) for k in a) and not torch.equal(a["layers.0.weight"][0], a["layers.0.weight"][1])
+    net.reset_parameters(torch.Generator().manual_seed(3))
+    assert all(torch.equal(v, a[k][0]) for k, v in net.state_dict().items())  # one initialization, two entry points
+
+
+def test_functions_to_and_indexing_leave_the_shared_net_alone():
+    f = random_functions(b=2, dtype=torch.float32)
+    g = f.to(torch.float64)
+    assert g.dtype == torch.float64 and next(f.net.parameters()).dtype == torch.float32  # a prior's net stays
+    assert torch.allclose(g.query(grid(3, 3)).value.float(), f.query(grid(3, 3)).value, atol=1e-5)
+    assert len(f[-1]) == 1 and torch.equal(f[-1].params["layers.0.bias"], f[1].params["layers.0.bias"])
+    with pytest.raises(IndexError, match="out of range"):
+        f[-3]
