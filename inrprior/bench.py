@@ -14,7 +14,7 @@ from torch.func import functional_call, vmap
 from .functions import Functions, query_params_autodiff
 from .siren import Siren
 
-__all__ = ["timed", "query_rows", "mm_gflops", "print_rows"]
+__all__ = ["timed", "query_rows", "mm_gflops", "print_rows", "HEADER", "row_line"]
 
 
 def timed(fn, device: torch.device, repeats: int) -> float:
@@ -37,9 +37,11 @@ def mm_gflops(n: int, k: int, m: int, device: torch.device, repeats: int = 5) ->
 
 
 def query_rows(device: torch.device, n_points: int = 256 * 256, batch: int = 4, repeats: int = 3,
-               hidden: int = 256, layers: int = 3, compile: bool = True) -> list[dict]:
+               hidden: int = 256, layers: int = 3, compile: bool = True, on_row=None) -> list[dict]:
     """Points per second of queries (``Functions.query``: the hand-written forward mode; the torch.func path next
-    to it) and of ``render`` (eager and compiled), for ``batch`` functions, against the module's plain forward."""
+    to it) and of ``render`` (eager and compiled), for ``batch`` functions, against the module's plain forward.
+    ``on_row(row)`` is called as each row is measured (a table that prints as it goes)."""
+    on_row = on_row or (lambda row: None)
     torch.manual_seed(0)
     net = Siren(2, 3, hidden, layers).to(device)
     params = {k: v.to(device) for k, v in net.init_params(batch).items()}
@@ -74,17 +76,26 @@ def query_rows(device: torch.device, n_points: int = 256 * 256, batch: int = 4, 
             base = base or pts
             rows.append(dict(device=str(device), case=name, seconds=sec, points_per_s=pts, vs_forward=pts / base,
                              gflops=flops / sec / 1e9 if name.startswith("forward") else None))
+            on_row(rows[-1])
     limit = mm_gflops(batch * n_points if device.type == "cuda" else min(batch * n_points, 65536), hidden, hidden,
                       device)
     rows.append(dict(device=str(device), case=f"torch.mm {hidden}x{hidden} (the limit)", seconds=None,
                      points_per_s=None, vs_forward=None, gflops=limit))
+    on_row(rows[-1])
     return rows
 
 
+HEADER = f"{'device':7} {'case':38} {'Mpoints/s':>10} {'x forward':>10} {'GFLOP/s':>8}"
+
+
+def row_line(r: dict) -> str:
+    def f(v, fmt):
+        return format(v, fmt) if v is not None else "-"
+    return (f"{r['device']:7} {r['case']:38} {f(r['points_per_s'] and r['points_per_s'] / 1e6, '10.3f'):>10} "
+            f"{f(r['vs_forward'], '10.3f'):>10} {f(r['gflops'], '8.1f'):>8}")
+
+
 def print_rows(rows: list[dict]) -> None:
-    print(f"{'device':7} {'case':38} {'Mpoints/s':>10} {'x forward':>10} {'GFLOP/s':>8}")
+    print(HEADER)
     for r in rows:
-        def f(v, fmt):
-            return format(v, fmt) if v is not None else "-"
-        print(f"{r['device']:7} {r['case']:38} {f(r['points_per_s'] and r['points_per_s'] / 1e6, '10.3f'):>10} "
-              f"{f(r['vs_forward'], '10.3f'):>10} {f(r['gflops'], '8.1f'):>8}")
+        print(row_line(r))

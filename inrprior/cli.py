@@ -23,7 +23,7 @@ __all__ = ["main", "build_parser", "register", "Command", "COMMANDS"]
 
 log = logging.getLogger(__name__)
 #: exceptions that mean "the user asked for something impossible"; anything else is a bug and shows a traceback.
-USER_ERRORS = (ValueError, OSError)
+USER_ERRORS = (ValueError, OSError, FloatingPointError)  # the last: a run that diverged (train says what to do)
 
 
 @dataclass
@@ -58,7 +58,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 
 EXAMPLES = """examples:
-  inrprior demo --out runs/demo                      fit the cameraman three ways, blend two photos, write a report
+  inrprior demo --out runs/demo                      fit, blend and meta-train a prior on embedded data (10 min)
   inrprior fit photo.png --supervision gradient --steps 500 -o runs/fit
   inrprior render runs/fit/functions.safetensors --size 512 512 -o big.png
   inrprior render runs/fit --size 256 256 --derivative laplacian -o lap.png
@@ -119,6 +119,13 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
     return value
 
 

@@ -191,7 +191,7 @@ def _blend_arguments(p: argparse.ArgumentParser) -> None:
 
 def load_blend_inputs(base_path, insert_path, mask_path=None, size=None):
     """Read ``base``, ``insert`` (to the larger channel count) and an optional binary mask, all one size."""
-    from .data import convert_channels
+    from .data import convert_channels, resize
 
     base, insert = load_image(base_path, size), load_image(insert_path, size)
     if base.shape[1:] != insert.shape[1:]:
@@ -201,7 +201,11 @@ def load_blend_inputs(base_path, insert_path, mask_path=None, size=None):
     base, insert = convert_channels(base, c), convert_channels(insert, c)
     mask = None
     if mask_path is not None:
-        mask = (load_image(mask_path, tuple(base.shape[1:]), channels=1) > 0.5).float()  # (1, h, w)
+        raw, (h, w) = load_image(mask_path, channels=1), base.shape[1:]
+        if raw.shape[1] * w != raw.shape[2] * h:  # resizing would crop it: the region would move
+            raise ValueError(f"mask {mask_path} is {raw.shape[1]}x{raw.shape[2]} but the images are {h}x{w}; "
+                             f"a mask must have the images' aspect ratio")
+        mask = (resize(raw, (h, w)) > 0.5).float()  # (1, h, w)
         if not mask.any():
             raise ValueError(f"mask {mask_path} is empty (no pixel brighter than 0.5)")
     return base, insert, mask
@@ -227,6 +231,8 @@ def _blend(args: argparse.Namespace) -> int:
     from .io import check_writable
     from .siren import Siren
 
+    if args.mixed and args.mask is None:
+        raise ValueError("--mixed chooses between the two gradients inside a mask: pass --mask")
     base, insert, mask = load_blend_inputs(args.base, args.insert, args.mask, args.size)
     out = check_writable(args.out)
     device = device_of(args.device)
@@ -261,5 +267,6 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-register("demo", "the demo job on embedded data: fit the cameraman three ways, blend two photos, write a report",
+register("demo", "the demo job on embedded data: fit the cameraman three ways, blend two photos, meta-train a "
+                 "MAML prior on faces, write a report",
          _demo_arguments, _demo)

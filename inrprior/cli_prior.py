@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from .cli import add_siren_arguments, device_of, load_image, positive_float, positive_int, register, write_json
+from .cli import (add_siren_arguments, device_of, load_image, non_negative_int, positive_float, positive_int, register,
+                  write_json)
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,9 @@ def prior_options(args: argparse.Namespace, kind: str) -> dict:
     mine = {f.name for f in fields(configs[kind])}
     wrong = sorted(set(given) - mine)
     if wrong:
+        owners = {k for k, cls in configs.items() for f in fields(cls) if f.name in wrong}
         flags = ", ".join("--" + n.replace("_", "-") for n in wrong)
-        raise ValueError(f"{flags} only apply to another --prior than {kind}")
+        raise ValueError(f"{flags}: for --prior {' or '.join(sorted(owners))}, not --prior {kind}")
     return given
 
 
@@ -225,7 +227,7 @@ register("sample", "sample new image functions from a trained prior and render t
 def _adapt_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, help="a run folder (holding prior.safetensors) or a prior file")
     p.add_argument("images", type=Path, nargs="+", help="image files to fast-fit")
-    p.add_argument("--steps", type=int, default=3, help="adaptation steps (0: the prior's one-pass guess)")
+    p.add_argument("--steps", type=non_negative_int, default=3, help="adaptation steps (0: the prior's one-pass guess)")
     p.add_argument("--size", type=positive_int, nargs=2, metavar=("H", "W"), default=None,
                    help="resize the images (default: the run's training size)")
     p.add_argument("--render-size", type=positive_int, default=None, help="side length of the renders")
@@ -272,12 +274,16 @@ def _bench_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import print_rows, query_rows
+    from .bench import HEADER, query_rows, row_line
 
     quick = dict(n_points=64 * 64, batch=2, repeats=2, compile=False)  # no compiled render: seconds, not minutes
     size = quick if args.quick else dict(n_points=128 * 128, batch=4, repeats=3)
     devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    print_rows([r for d in devices for r in query_rows(device_of(d), **size)])
+    if not args.quick:
+        print("(the compiled render's row compiles first: a minute or two on a small CPU; --quick skips it)")
+    print(HEADER)
+    for d in devices:
+        query_rows(device_of(d), **size, on_row=lambda row: print(row_line(row), flush=True))
     return 0
 
 

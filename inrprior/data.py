@@ -256,10 +256,10 @@ def load(spec: str, size=32, split: str = "train", channels: int | None = None) 
         images = convert_channels(images[split_indices(len(images), split)], channels)
         return ImageDataset(images, name=f"{kind} ({split})")
     if kind == "folder" and arg:
-        return _folder(Path(arg), size, split, channels)
+        return _folder(Path(arg).expanduser(), size, split, channels)
     if kind in ("mnist", "cifar10", "celeba") and arg:
         parts = ("train", "test") if split == "all" and kind != "celeba" else (split,)
-        sets = [_torchvision(kind, Path(arg), part, size, channels) for part in parts]
+        sets = [_torchvision(kind, Path(arg).expanduser(), part, size, channels) for part in parts]
         return sets[0] if len(sets) == 1 else ConcatDataset(sets)
     raise ValueError(f"unknown dataset {spec!r}; use one of {', '.join(SPECS)}")
 
@@ -274,12 +274,28 @@ def _folder(root: Path, size, split: str, channels: int | None) -> Dataset:
     if not files:
         raise ValueError(f"image folder {root} holds no image files (no file ending in "
                          f"{', '.join(sorted(extensions)[:6])}, ...)")
-    files = [files[i] for i in split_indices(len(files), split)]
-    if not files:
-        raise ValueError(f"image folder {root} has too few images for a {split!r} split (every 5th is test)")
     if channels is None:
         channels = read_image(files[0]).shape[0]
+    files = [files[i] for i in split_indices(len(files), split)]  # a folder of < 5 images has an empty test split
+    _check_headers(files, root)
     return _LazyImages(f"folder:{root} ({split})", len(files), lambda i: read_image(files[i]), size, channels)
+
+
+def _check_headers(files: list[Path], root: Path) -> None:
+    """Fail now, not hours into training, on files whose header Pillow cannot read (reads headers only: a file
+    damaged further in is still found when it is read)."""
+    from PIL import Image, UnidentifiedImageError
+
+    bad = []
+    for path in files:
+        try:
+            with Image.open(path):
+                pass
+        except (UnidentifiedImageError, OSError, SyntaxError):
+            bad.append(path.relative_to(root))
+    if bad:
+        names = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise ValueError(f"image folder {root}: {len(bad)} file(s) Pillow cannot read: {names}; remove or fix them")
 
 
 _TORCHVISION = {"mnist": ("MNIST", 1, "datasets/mnist.py"), "cifar10": ("CIFAR10", 3, "datasets/cifar10.py"),

@@ -20,8 +20,8 @@ __all__ = ["DemoConfig", "Section", "STAGES", "run_demo", "fit_stage", "blend_st
 
 @dataclass
 class DemoConfig:
-    """Sizes and steps of the demo. The defaults take about three minutes on two free CPU cores (a 3x128 SIREN:
-    a quarter of the work of the 3x256 one per step); :data:`QUICK` takes seconds."""
+    """Sizes and steps of the demo. The defaults take about ten minutes on two free CPU cores (a 3x128 SIREN:
+    a quarter of the work of the 3x256 one per step; the MAML prior is most of it); :data:`QUICK` takes seconds."""
     size: int = 128
     hidden: int = 128
     layers: int = 3

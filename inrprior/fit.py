@@ -293,6 +293,9 @@ def blend(base: Any, insert: Any, mask: Any = None, steps: int = 1000, mixed: bo
     if base_b.shape != insert_b.shape:
         raise ValueError(f"base and insert must have the same shape, got {tuple(base_b.shape)} and "
                          f"{tuple(insert_b.shape)}")
+    if mixed and mask is None:
+        raise ValueError("mixed=True chooses between the gradients inside a mask; pass a mask (without one the "
+                         "gradients are summed everywhere)")
     insert_b = insert_b.to(base_b.device, base_b.dtype)
     b, c, h, w = base_b.shape
     gb, gi = image_gradient(base_b), image_gradient(insert_b)  # (b, c, h, w, 2)

@@ -123,6 +123,10 @@ def load_state(path, kind: str | tuple[str, ...] | None = None, device=None,
     if not path.is_file():
         if path.is_dir():
             raise FileNotFoundError(f"{path} is a folder, not a file")
+        if Path(given).is_dir():
+            unfinished = (" (a run that has not finished: continue it with `inrprior train ... --resume`)"
+                          if (Path(given) / "checkpoint.safetensors").is_file() else "")
+            raise FileNotFoundError(f"folder {given} has no {path.name}{unfinished}")
         also = f" (nor {path.name})" if str(path) != str(given) else ""
         raise FileNotFoundError(f"{given}{also} does not exist")
     try:
@@ -150,8 +154,21 @@ def load_state(path, kind: str | tuple[str, ...] | None = None, device=None,
     if kind is not None:
         kinds = (kind,) if isinstance(kind, str) else tuple(kind)
         if config["kind"] not in kinds:
-            raise ValueError(f"{path} holds {config['kind']!r}, expected {' or '.join(map(repr, kinds))}")
+            raise ValueError(f"{path} holds {config['kind']!r}, expected {' or '.join(map(repr, kinds))}"
+                             f"{kind_hint(config['kind'])}")
     return tensors, config
+
+
+_KIND_HINTS = {"checkpoint": "a training checkpoint: use the run's prior.safetensors, or continue training with "
+                              "`inrprior train ... --resume`",
+               "meta": "a prior: sample from it with `inrprior sample` or fit images with `inrprior adapt`",
+               "hyper": "a prior: sample from it with `inrprior sample` or fit images with `inrprior adapt`",
+               "functions": "fitted functions: render them with `inrprior render`"}
+
+
+def kind_hint(kind: str) -> str:
+    """`` (what a file of this kind is and what reads it)`` for error messages; empty for unknown kinds."""
+    return f" ({_KIND_HINTS[kind]})" if kind in _KIND_HINTS else ""
 
 
 def _describe(config: dict) -> str:
@@ -256,7 +273,7 @@ def load_prior(path, device=None):
             log.debug("could not import %s: %s", _BUILTIN_PRIORS[kind], e)
     if kind not in PRIORS:
         known = ", ".join(sorted(PRIORS)) or "none registered"
-        raise ValueError(f"{path} holds {kind!r}, which is not a known prior kind ({known})")
+        raise ValueError(f"{path} holds {kind!r}, which is not a known prior kind ({known}){kind_hint(kind)}")
     prior = PRIORS[kind].from_state(tensors, config)
     return prior.to(device) if device is not None and hasattr(prior, "to") else prior
 

@@ -38,6 +38,7 @@ from .targets import psnr
 __all__ = ["TrainConfig", "train", "evaluate", "per_image", "ShardedGenerator"]
 
 log = logging.getLogger(__name__)
+_HINT = "; lower the outer or inner learning rate, or clip gradients (grad_clip)"
 
 
 @dataclass
@@ -226,7 +227,7 @@ def _forward_backward(model, images, g, opt, cfg, device, world, step, where):
         values /= world
     values = values.tolist()
     if not math.isfinite(values[0]):
-        raise FloatingPointError(f"loss became {values[0]} at step {step + 1}; training stopped ({where})")
+        raise FloatingPointError(f"loss became {values[0]} at step {step + 1}; training stopped ({where}){_HINT}")
     opt.zero_grad(set_to_none=True)
     loss.backward()
     return list(metrics), values
@@ -296,7 +297,8 @@ def _run(prior, dataset, eval_dataset, cfg: TrainConfig, out: Path, resume: bool
                 metrics, values = _forward_backward(model, images, g, opt, cfg, device, world, step, where)
             norm = float(torch.nn.utils.clip_grad_norm_(prior.parameters(), cfg.grad_clip or math.inf))
             if not math.isfinite(norm):
-                raise FloatingPointError(f"gradient became {norm} at step {step + 1}; training stopped ({where})")
+                raise FloatingPointError(f"gradient became {norm} at step {step + 1}; training stopped "
+                                         f"({where}){_HINT}")
             opt.step()
             step += 1
             row = {"step": step, **dict(zip(metrics, values[1:])), "loss": values[0], "grad_norm": norm,

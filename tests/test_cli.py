@@ -103,6 +103,18 @@ def test_blend_size_mismatch(tmp_path, capsys, photo_png):
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(tmp_path / "small.png")
     code, _, err = run(capsys, "blend", photo_png, tmp_path / "small.png", "-o", tmp_path / "o", *TINY)
     assert code == 2 and "pass --size H W" in err
+    Image.fromarray(np.full((10, 10), 255, np.uint8)).save(tmp_path / "square.png")  # the photo is 12x10
+    code, _, err = run(capsys, "blend", photo_png, photo_png, "--mask", tmp_path / "square.png", "-o", tmp_path / "o",
+                       *TINY)
+    assert code == 2 and "must have the images' aspect ratio" in err
+    code, _, err = run(capsys, "blend", photo_png, photo_png, "--mixed", "-o", tmp_path / "o2", *TINY)
+    assert code == 2 and "pass --mask" in err and not (tmp_path / "o2").exists()
+
+
+def test_diverged_training_is_a_one_line_error(tmp_path, capsys):
+    code, _, err = run(capsys, "train", "--data", "digits", "--size", "8", "--hidden", "8", "--layers", "1",
+                       "--steps", "4", "--lr", "1e3", "--inner-lr", "1e3", "--quiet", "--out", tmp_path / "r")
+    assert code == 2 and err.count("\n") == 1 and "training stopped" in err and "learning rate" in err
 
 
 def bad_inputs(tmp_path):

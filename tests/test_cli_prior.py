@@ -53,7 +53,7 @@ def test_hyper_train_and_flag_errors(tmp_path, capsys):
     assert (out / "prior.safetensors").is_file()
     code = cli.main(["train", "--prior", "meta", "--data", "digits", "--steps", "2", "--out", str(tmp_path / "x"),
                      "--beta", "0.1", *TINY])
-    assert code == 2 and "--beta only apply to another --prior than meta" in capsys.readouterr().err
+    assert code == 2 and "--beta: for --prior hyper, not --prior meta" in capsys.readouterr().err
 
 
 def test_sample_without_a_density_is_a_clear_error(tmp_path, capsys):

@@ -140,9 +140,18 @@ def test_image_folder_errors(tmp_path):
         data.load(f"folder:{tmp_path / 'empty'}")
     write_png(tmp_path / "ok" / "0.png", np.zeros((4, 4), np.uint8))
     (tmp_path / "ok" / "1.png").write_text("broken")
-    d = data.load(f"folder:{tmp_path / 'ok'}", size=4)
-    with pytest.raises(ValueError, match="1.png is not an image file"):
-        data.stack(d)
+    with pytest.raises(ValueError, match=r"1 file\(s\) Pillow cannot read: 1.png"):  # before any training
+        data.load(f"folder:{tmp_path / 'ok'}", size=4)
+    (tmp_path / "ok" / "1.png").unlink()
+    assert len(data.load(f"folder:{tmp_path / 'ok'}", size=4)) == 1
+    assert len(data.load(f"folder:{tmp_path / 'ok'}", size=4, split="test")) == 0  # too few for a test image
+
+
+def test_image_folder_expands_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for i in range(2):
+        write_png(tmp_path / "photos" / f"{i}.png", np.full((4, 4), 60 * i, np.uint8))
+    assert len(data.load("folder:~/photos", size=4, split="all")) == 2
 
 
 def write_idx(path, array):

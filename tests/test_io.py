@@ -85,6 +85,9 @@ def test_missing_file(tmp_path):
         io.load_functions(tmp_path / "nope.safetensors")
     with pytest.raises(FileNotFoundError, match="folder"):
         io.load_state(tmp_path)
+    (tmp_path / "checkpoint.safetensors").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"folder .* has no prior.safetensors \(a run that has not finished"):
+        io.load_prior(tmp_path)
 
 
 @pytest.mark.parametrize("content", [os.urandom(256), b"", b"\x08" + b"\x00" * 7 + b"{}"])
@@ -111,8 +114,11 @@ def test_corrupt_metadata(tmp_path):
 
 def test_wrong_kind(tmp_path):
     path = io.save_state(tmp_path / "p", {"w": torch.ones(1)}, {"kind": "meta"})
-    with pytest.raises(ValueError, match="holds 'meta', expected 'functions'"):
+    with pytest.raises(ValueError, match="holds 'meta', expected 'functions' \\(a prior: sample from it"):
         io.load_functions(path)
+    ckpt = io.save_state(tmp_path / "c", {"w": torch.ones(1)}, {"kind": "checkpoint"})
+    with pytest.raises(ValueError, match="not a known prior kind .*training checkpoint"):
+        io.load_prior(ckpt)
 
 
 def test_newer_version(tmp_path):
