@@ -79,8 +79,8 @@ def adam_baseline(net: ip.Siren, images, steps: int, lr: float, ctx=None, every=
     all pixels} at every step (all pixels) or at the steps in ``every`` (context), and the final params."""
     coords, values = image_to_points(images)
     fit_c, fit_v = (coords, values) if ctx is None else ctx
-    torch.manual_seed(seed)
-    params = {k: v.requires_grad_() for k, v in net.init_params(images.shape[0]).items()}
+    gen = torch.Generator().manual_seed(seed)  # on the CPU: the same initial functions on every device
+    params = {k: v.requires_grad_() for k, v in net.init_params(images.shape[0], generator=gen).items()}
     opt = torch.optim.Adam(params.values(), lr=lr)
     curve, snapshots = {}, {}
     for step in range(steps + 1):

@@ -120,8 +120,8 @@ def _render(net, params, h: int, w: int, chunk_points: int = 1 << 20) -> torch.T
 
 
 def _initial_params(net, init, b: int, seed: int, device, dtype) -> Params:
-    if init is None:  # drawn on the CPU so that a seed gives the same functions on every device
-        params = Siren(**net.config).init_params(b, generator=torch.Generator().manual_seed(seed))
+    if init is None:  # a CPU generator: a seed gives the same functions on every device, and no global state moves
+        params = net.init_params(b, generator=torch.Generator().manual_seed(seed))
     else:
         params = init.params if isinstance(init, Functions) else init
         n = batch_size_of(params, net)

@@ -248,7 +248,7 @@ def test_init_params_draws_only_from_its_generator():
     net = ip.Siren(2, 1, 8, 1)
     before = torch.random.get_rng_state()
     a = net.init_params(2, generator=torch.Generator().manual_seed(3))
-    assert torch.equal(torch.random.get_rng_state(), before)  # fit(seed=...) leaves the caller's random state
+    assert torch.equal(torch.random.get_rng_state(), before)  # the caller's random state stays where it was
     b = net.init_params(2, generator=torch.Generator().manual_seed(3))
     assert all(torch.equal(a[k], b[k]) for k in a) and not torch.equal(a["layers.0.weight"][0], a["layers.0.weight"][1])
     net.reset_parameters(torch.Generator().manual_seed(3))
