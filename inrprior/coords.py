@@ -7,6 +7,7 @@ Conventions shared by every module (see DESIGN.md):
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -116,11 +117,12 @@ def as_image_batch(image: Any, name: str = "image") -> tuple[torch.Tensor, bool]
         raise ValueError(f"{name} is empty: shape {tuple(image.shape)}")
     if not torch.is_floating_point(image):
         image = image.float() / (255.0 if image.dtype == torch.uint8 else 1.0)
-    check_finite(image, name)
-    lo, hi = image.aminmax()
+    lo, hi = map(float, image.aminmax())  # one reduction (this runs on every training batch): NaN/inf show here too
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        check_finite(image, name)  # its message says which
     if lo < 0 or hi > 1:
         hint = " (8-bit values as floats? divide by 255)" if hi > 1.5 else ""
-        raise ValueError(f"{name} values must be in [0, 1], got [{float(lo):.4g}, {float(hi):.4g}]{hint}")
+        raise ValueError(f"{name} values must be in [0, 1], got [{lo:.4g}, {hi:.4g}]{hint}")
     return image, single
 
 

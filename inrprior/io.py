@@ -159,10 +159,10 @@ def load_state(path, kind: str | tuple[str, ...] | None = None, device=None,
     return tensors, config
 
 
+_PRIOR_HINT = "a prior: sample from it with `inrprior sample` or fit images with `inrprior adapt`"
 _KIND_HINTS = {"checkpoint": "a training checkpoint: use the run's prior.safetensors, or continue training with "
                               "`inrprior train ... --resume`",
-               "meta": "a prior: sample from it with `inrprior sample` or fit images with `inrprior adapt`",
-               "hyper": "a prior: sample from it with `inrprior sample` or fit images with `inrprior adapt`",
+               "meta": _PRIOR_HINT, "hyper": _PRIOR_HINT,
                "functions": "fitted functions: render them with `inrprior render`"}
 
 
