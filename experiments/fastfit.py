@@ -127,6 +127,8 @@ def main(argv=None):
     p.add_argument("--layers", type=int, default=demo.prior_layers)
     p.add_argument("--train-steps", type=int, default=demo.prior_steps)
     p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--eval-every", type=int, default=None,
+                   help="held-out 3-step PSNR every this many outer steps (default: 5 times per run)")
     p.add_argument("--outer-lr", type=float, default=demo.prior_lr)
     p.add_argument("--inner-steps", type=int, default=3)
     p.add_argument("--inner-lr", type=float, default=demo.prior_inner_lr,
@@ -185,7 +187,7 @@ def main(argv=None):
         prior = MetaPrior(ip.Siren(2, c, a.hidden, a.layers, 30.0), **settings)
         start = time.perf_counter()
         train_prior(prior, train, a.train_steps, out / name, batch_size=a.batch, lr=a.outer_lr, eval_dataset=test,
-                       eval_every=max(1, a.train_steps // 5), checkpoint_every=a.train_steps, density=None,
+                       eval_every=a.eval_every or max(1, a.train_steps // 5), checkpoint_every=a.train_steps, density=None,
                        progress=not a.no_progress, device=dev, resume=a.resume)
         seconds = time.perf_counter() - start
         curve = prior_curve(prior, test)

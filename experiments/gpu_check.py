@@ -9,7 +9,10 @@ Checks, each printed as one row with its measured error and tolerance (exit stat
 - hyper: a linear HyperPrior with the exact posterior, loss and gradients device vs CPU (float64, same random draws);
 - train: five steps of ``inrprior.train`` (float64) on the device and on the CPU end with the same weights;
 - fit: ``inrprior.fit`` on the device against the CPU (float32, PSNR after 30 steps, about 39 dB), and with
-  ``compile`` and ``amp="bf16"`` on the device (PSNR within a few dB: bf16 changes the arithmetic).
+  ``compile`` and ``amp="bf16"`` on the device (PSNR within a few dB: bf16 changes the arithmetic);
+- api: a CPU generator seeds a device network with the CPU's weights and a device generator draws on the device;
+  ``Functions.to(device)`` leaves the prior's network where it was and queries as on the CPU; a NaN image on the
+  device is refused.
 
     python experiments/gpu_check.py              # needs CUDA
     python experiments/gpu_check.py --device cpu # the same code path against itself (a smoke test)
@@ -142,6 +145,37 @@ def fit_checks(dev):
     check("fit with amp bf16: |PSNR - float32| on device (dB)", abs(psnr["device bf16"] - psnr["device"]), 3.0)
 
 
+def api_checks(dev):
+    net = ip.Siren(2, 1, 32, 2).to(torch.float64)
+    cpu = net.init_params(3, generator=torch.Generator().manual_seed(7))
+    on_dev = net.to(dev).init_params(3, generator=torch.Generator().manual_seed(7))
+    check("init_params, CPU generator: device net vs CPU net weights", max(rel(on_dev[k], cpu[k]) for k in cpu), 0)
+    check("init_params, CPU generator: tensors on the net's device",
+          float(any(v.device.type != torch.device(dev).type for v in on_dev.values())), 0)
+    a, b = (net.init_params(3, generator=torch.Generator(dev).manual_seed(7)) for _ in range(2))
+    check("init_params, device generator: same seed, same draw", max(rel(a[k], b[k]) for k in a), 0)
+    net.to("cpu")
+
+    torch.manual_seed(0)
+    prior = MetaPrior(ip.Siren(2, 1, 32, 2).to(torch.float64), inner_lr=0.1)
+    images = faces(3)
+    f = prior.adapt(images, steps=2)
+    coords = torch.rand(200, 2, dtype=torch.float64) * 2 - 1
+    moved = f.to(dev).query(coords.to(dev), ("value", "laplacian"))
+    ref = f.query(coords, ("value", "laplacian"))
+    check("Functions.to(device): prior's net stays on the CPU",
+          float(next(prior.net.parameters()).device.type != "cpu"), 0)
+    check("Functions.to(device): laplacian vs CPU (float64)", rel(moved.laplacian, ref.laplacian), 1e-10)
+    bad = images.to(dev).clone()
+    bad[0, 0, 1, 1] = float("nan")
+    try:
+        prior.adapt(bad)
+        wrong = 1.0  # accepted: a failure
+    except ValueError as e:
+        wrong = 0.0 if "nan" in str(e).lower() else 1.0
+    check("a NaN image on the device: ValueError naming NaN", wrong, 0)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda")
@@ -151,7 +185,7 @@ def main(argv=None):
             raise SystemExit("CUDA is not available here (use --device cpu for a smoke test)")
         print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
     dev = torch.device(a.device)
-    for section in (query_checks, meta_checks, hyper_checks, train_checks, fit_checks):
+    for section in (query_checks, meta_checks, hyper_checks, train_checks, fit_checks, api_checks):
         try:
             section(dev)
         except Exception as e:  # one broken section must not hide the others' results
