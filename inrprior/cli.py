@@ -136,6 +136,20 @@ def positive_float(text: str) -> float:
     return value
 
 
+class _SizeAction(argparse.Action):
+    """``--size H [W]``: one value is a square, two are height and width; stored as ``(H, W)``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(values) > 2:
+            parser.error(f"{option_string} takes one value (a square) or two (height width), got {len(values)}")
+        setattr(namespace, self.dest, (values[0], values[-1]))
+
+
+def add_size_argument(p: argparse.ArgumentParser, help: str, flag: str = "--size", **kwargs) -> None:
+    p.add_argument(flag, type=positive_int, nargs="+", metavar="PX", action=_SizeAction,
+                   help=f"{help}; one value for a square or two: height width", **kwargs)
+
+
 def add_siren_arguments(p: argparse.ArgumentParser, hidden: int = 256, layers: int = 3, w0: float = 30.0) -> None:
     g = p.add_argument_group("network")
     g.add_argument("--hidden", type=positive_int, default=hidden, help="width of every sine layer")

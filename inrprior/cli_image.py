@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from .cli import add_siren_arguments, device_of, load_image, positive_float, positive_int, register, write_json
+from .cli import (add_siren_arguments, add_size_argument, device_of, load_image, positive_float, positive_int, register,
+                  write_json)
 
 
 def add_optimizer_arguments(p: argparse.ArgumentParser, steps: int, lr: float = 1e-4) -> None:
@@ -81,8 +82,7 @@ def _fit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--supervision", default="value",
                    help="value, gradient or laplacian, or weights such as value=1,gradient=0.1; gradient-only "
                         "fits are scored after the best constant offset, Laplacian-only after the best affine term")
-    p.add_argument("--size", type=positive_int, nargs=2, metavar=("H", "W"),
-                   help="resize the image first (centre-cropped to the aspect)")
+    add_size_argument(p, "resize the image first (centre-cropped to the aspect)")
     p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
     add_optimizer_arguments(p, steps=1000)
     add_siren_arguments(p)
@@ -126,8 +126,7 @@ register("fit", "fit a SIREN to one image from its values, gradients or Laplacia
 # ---------------------------------------------------------------------------------------------------------- render
 def _render_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("functions", type=Path, help="a .safetensors file from `fit`/`blend` (or its folder)")
-    p.add_argument("--size", type=positive_int, nargs=2, metavar=("H", "W"), required=True,
-                   help="output resolution (any: the functions are continuous)")
+    add_size_argument(p, "output resolution (any: the functions are continuous)", required=True)
     p.add_argument("--derivative", choices=("value", "gradient", "laplacian"), default="value",
                    help="what to draw: the image, its gradient magnitude (0 = black, scaled to the maximum) or its "
                         "Laplacian (mid-gray = 0, scaled to the largest magnitude)")
@@ -182,8 +181,7 @@ def _blend_arguments(p: argparse.ArgumentParser) -> None:
                         "fields are summed everywhere")
     p.add_argument("--mixed", action="store_true",
                    help="inside the mask keep the stronger of the two gradients (mixed gradients)")
-    p.add_argument("--size", type=positive_int, nargs=2, metavar=("H", "W"),
-                   help="resize all inputs first (needed when BASE and INSERT differ in size)")
+    add_size_argument(p, "resize all inputs first (needed when BASE and INSERT differ in size)")
     p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
     add_optimizer_arguments(p, steps=1000)
     add_siren_arguments(p)

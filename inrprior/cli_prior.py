@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from .cli import (add_siren_arguments, device_of, load_image, non_negative_int, positive_float, positive_int, register,
-                  write_json)
+from .cli import (add_siren_arguments, add_size_argument, device_of, load_image, non_negative_int, positive_float,
+                  positive_int, register, write_json)
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ def _run_image_size(path: Path) -> tuple[int, int] | None:
 def _sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, help="a run folder (holding prior.safetensors) or a prior file")
     p.add_argument("-n", type=positive_int, default=16, help="how many functions to sample")
-    p.add_argument("--size", type=positive_int, default=128, help="side length of each rendered sample")
+    add_size_argument(p, "size of each rendered sample (any: the functions are continuous)", default=(128, 128))
     p.add_argument("--seed", type=int, default=0, help="seed of the draw")
     p.add_argument("--save", type=Path, default=None, help="also save the sampled functions (.safetensors)")
     p.add_argument("-o", "--output", type=Path, required=True, help="grid image to write (PNG)")
@@ -211,7 +211,7 @@ def _sample(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.run} holds a MetaPrior without a sampling density (trained with --density none); "
                          "fit one in Python: prior.fit_density(train_images); prior.save(path)")
     functions = prior.sample(args.n, generator=torch.Generator().manual_seed(args.seed))
-    images = functions.render(args.size, args.size).cpu()
+    images = functions.render(*args.size).cpu()
     image_grid(images, args.output)
     if args.save:
         functions.save(args.save)
@@ -228,9 +228,8 @@ def _adapt_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, help="a run folder (holding prior.safetensors) or a prior file")
     p.add_argument("images", type=Path, nargs="+", help="image files to fast-fit")
     p.add_argument("--steps", type=non_negative_int, default=3, help="adaptation steps (0: the prior's one-pass guess)")
-    p.add_argument("--size", type=positive_int, nargs=2, metavar=("H", "W"), default=None,
-                   help="resize the images (default: the run's training size)")
-    p.add_argument("--render-size", type=positive_int, default=None, help="side length of the renders")
+    add_size_argument(p, "resize the images (default: the run's training size)")
+    add_size_argument(p, "size of the renders (default: --size)", flag="--render-size")
     p.add_argument("-o", "--out", type=Path, required=True, help="output folder")
     p.add_argument("--device", default=None, help="cpu or cuda")
 
@@ -252,7 +251,7 @@ def _adapt(args: argparse.Namespace) -> int:
     h, w = images.shape[-2:]
     recon = functions.render(h, w).cpu()
     scores = psnr(recon, images).tolist()
-    for path, im in zip(args.images, functions.render(args.render_size or h, args.render_size or w).cpu()):
+    for path, im in zip(args.images, functions.render(*(args.render_size or (h, w))).cpu()):
         save_image(im, out / f"{path.stem}_adapted.png")
     image_grid(torch.cat([images, recon]), out / "adapted.png", nrow=len(images))
     functions.save(out / "functions.safetensors")

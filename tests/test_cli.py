@@ -83,6 +83,10 @@ def test_render_value_and_derivatives(tmp_path, capsys):
         assert Image.open(tmp_path / f"{derivative}.png").mode == "L"
     code, _, err = run(capsys, "render", tmp_path / "f.safetensors", "--size", 8, 8, "--index", 5, "-o", "x.png")
     assert code == 2 and "out of range" in err
+    code, _, _ = run(capsys, "render", tmp_path / "f.safetensors", "--size", 6, "--index", 0, "-o", tmp_path / "sq.png")
+    assert code == 0 and Image.open(tmp_path / "sq.png").size == (6, 6)  # one value: a square
+    code, _, err = run(capsys, "render", tmp_path / "f.safetensors", "--size", 6, 5, 4, "-o", tmp_path / "x.png")
+    assert code == 2 and "one value (a square) or two" in err and not (tmp_path / "x.png").exists()
 
 
 def test_blend_with_mask(tmp_path, capsys, photo_png):

@@ -35,6 +35,8 @@ def test_sample_and_adapt_from_a_run(meta_run, tmp_path):
     assert cli.main(["sample", str(meta_run), "-n", "4", "--size", "16", "-o", str(grid),
                      "--save", str(tmp_path / "s.safetensors")]) == 0
     assert grid.is_file() and (tmp_path / "s.safetensors").is_file()
+    wide = ["sample", str(meta_run), "-n", "1", "--size", "12", "20", "-o", str(tmp_path / "wide.png")]
+    assert cli.build_parser().parse_args(wide).size == (12, 20) and cli.main(wide) == 0  # height width
     paths = []
     for i, image in enumerate(data.stack(data.load("digits", size=8, split="test"))[:2]):
         paths.append(tmp_path / f"d{i}.png")
