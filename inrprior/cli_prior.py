@@ -124,7 +124,8 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=positive_int, default=8, help="images per step (global, across processes)")
     g.add_argument("--lr", type=positive_float, default=5e-5, help="outer Adam learning rate")
     g.add_argument("--eval-every", type=positive_int, default=50, help="steps between held-out evaluations")
-    g.add_argument("--eval-steps", type=int, default=3, help="adaptation steps of the evaluation")
+    g.add_argument("--eval-steps", type=non_negative_int, default=3,
+                   help="adaptation steps of the evaluation (0: the prior's one pass)")
     g.add_argument("--checkpoint-every", type=positive_int, default=50, help="steps between checkpoints")
     g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
     g.add_argument("--density", choices=("gaussian", "gmm", "pca", "none"), default="gaussian",

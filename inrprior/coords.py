@@ -21,6 +21,7 @@ __all__ = [
     "image_to_points",
     "points_to_image",
     "check_coords",
+    "check_context",
     "check_finite",
 ]
 
@@ -31,8 +32,8 @@ def grid(h: int, w: int, device=None, dtype=torch.float32) -> torch.Tensor:
     Returns:
         ``(h * w, 2)`` tensor of ``(x, y)`` in ``[-1, 1]``; row ``i * w + j`` is pixel ``(j, i)``.
     """
-    if h < 1 or w < 1:
-        raise ValueError(f"grid size must be positive, got {h}x{w}")
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (h, w)) or h < 1 or w < 1:
+        raise ValueError(f"grid size must be positive integers, got {h!r} x {w!r}")
     ys = (2 * torch.arange(h, device=device, dtype=dtype) + 1) / h - 1
     xs = (2 * torch.arange(w, device=device, dtype=dtype) + 1) / w - 1
     yy, xx = torch.meshgrid(ys, xs, indexing="ij")
@@ -47,7 +48,9 @@ def pixel_to_coord(px, py, h: int, w: int) -> torch.Tensor:
     Returns:
         ``(..., 2)`` tensor of ``(x, y)``.
     """
-    px = torch.as_tensor(px, dtype=torch.get_default_dtype())
+    px = torch.as_tensor(px)
+    if not torch.is_floating_point(px):  # a float tensor keeps its precision; numbers take the default dtype
+        px = px.to(torch.get_default_dtype())
     py = torch.as_tensor(py, dtype=px.dtype, device=px.device)
     return torch.stack([(2 * px + 1) / w - 1, (2 * py + 1) / h - 1], dim=-1)
 
@@ -79,17 +82,36 @@ def check_coords(coords: torch.Tensor, batch: int | None = None) -> torch.Tensor
     return coords
 
 
-def as_image_batch(image: Any, name: str = "image") -> tuple[torch.Tensor, bool]:
+def check_context(coords: Any, values: Any, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate known pixels for ``adapt_context``: ``values (B, N, C)`` in ``[0, 1]`` (the images' scale) with
+    ``N >= 1``, and ``coords (B, N, 2)`` or ``(N, 2)`` shared. Returns both as tensors (coords as given)."""
+    if not isinstance(values, torch.Tensor):
+        raise TypeError(f"values must be a tensor, got {type(values).__name__}")
+    if values.dim() != 3 or values.shape[-1] != channels:
+        raise ValueError(f"values must have shape (B, N, {channels}), got {tuple(values.shape)}")
+    if values.shape[1] < 1:
+        raise ValueError("need at least 1 context pixel per image, got N=0")
+    coords = check_coords(coords, batch=values.shape[0])
+    if coords.shape[-2] != values.shape[1]:
+        raise ValueError(f"coords hold {coords.shape[-2]} points but values hold {values.shape[1]}")
+    check_finite(values, "values")
+    lo, hi = map(float, values.aminmax())
+    if lo < 0 or hi > 1:
+        raise ValueError(f"values must be in [0, 1] like the images, got [{lo:.4g}, {hi:.4g}]")
+    return coords, values
+
+
+def as_image_batch(image: Any, name: str = "image", channels: int | None = None) -> tuple[torch.Tensor, bool]:
     """Convert a tensor, numpy array or PIL image to a ``(B, C, H, W)`` float tensor in ``[0, 1]``.
 
     Accepts ``(C, H, W)``/``(B, C, H, W)`` tensors, channels-last arrays ``(H, W)``/``(H, W, C)``/``(B, H, W, C)``
     as scikit-image and PIL give them (uint8 is scaled by 1/255, uint16 by 1/65535) and PIL images; values outside
-    ``[0, 1]`` are an error. Returns the batch and whether the input was a single image.
+    ``[0, 1]`` are an error, and so is a channel count other than ``channels`` (a network's outputs) when given.
+    Returns the batch and whether the input was a single image.
     """
-    if not isinstance(image, torch.Tensor):
-        if hasattr(image, "mode") and hasattr(image, "size"):  # PIL image
-            image = np.asarray(image.convert("RGB") if image.mode not in ("L", "RGB") else image)
-        arr = np.asarray(image)
+    from_array = not isinstance(image, torch.Tensor)
+    if from_array:
+        arr = _pil_to_array(image) if hasattr(image, "mode") and hasattr(image, "getbands") else np.asarray(image)
         if arr.dtype in (np.uint8, np.uint16):
             arr = arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
         if arr.dtype.kind not in "fiub":
@@ -110,13 +132,19 @@ def as_image_batch(image: Any, name: str = "image") -> tuple[torch.Tensor, bool]
     if image.dim() != 4:
         raise ValueError(f"{name} must have shape (C, H, W) or (B, C, H, W), got {tuple(image.shape)}")
     if image.shape[1] > 4:
-        raise ValueError(
-            f"{name} has {image.shape[1]} channels; expected (C, H, W) with C <= 4 (channels-last input? permute it)"
-        )
+        hint = ("numpy arrays are read channels-last, (H, W, C); pass a torch tensor for (C, H, W)" if from_array
+                else "channels-last input? permute it")
+        raise ValueError(f"{name} has {image.shape[1]} channels; expected (C, H, W) with C <= 4 ({hint})")
+    if channels is not None and image.shape[1] != channels:
+        raise ValueError(f"{name}: {image.shape[1]} channels, but the SIREN outputs {channels}")
     if min(image.shape[-2:]) < 1 or image.shape[0] < 1:
         raise ValueError(f"{name} is empty: shape {tuple(image.shape)}")
+    if image.is_complex():
+        raise TypeError(f"{name} must be real, got dtype {image.dtype}")
     if not torch.is_floating_point(image):
-        image = image.float() / (255.0 if image.dtype == torch.uint8 else 1.0)
+        image = image.float() / _INTEGER_SCALE.get(image.dtype, 1.0)
+    elif image.dtype in (torch.float16, torch.bfloat16):
+        image = image.float()  # a half-precision store is fine, optimizing in it is not (Adam's eps underflows)
     lo, hi = map(float, image.aminmax())  # one reduction (this runs on every training batch): NaN/inf show here too
     if not (math.isfinite(lo) and math.isfinite(hi)):
         check_finite(image, name)  # its message says which
@@ -124,6 +152,26 @@ def as_image_batch(image: Any, name: str = "image") -> tuple[torch.Tensor, bool]
         hint = " (8-bit values as floats? divide by 255)" if hi > 1.5 else ""
         raise ValueError(f"{name} values must be in [0, 1], got [{lo:.4g}, {hi:.4g}]{hint}")
     return image, single
+
+
+_INTEGER_SCALE = {torch.uint8: 255.0, torch.uint16: 65535.0}
+
+
+def _pil_to_array(img) -> np.ndarray:
+    """A PIL image as float32 ``(H, W)`` or ``(H, W, 3)`` on the [0, 1] scale: 16-bit modes are scaled by 1/65535,
+    gray modes (bilevel, gray + alpha, a gray palette) stay one channel, anything else becomes RGB (alpha dropped)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        return np.asarray(img).astype(np.float32) / 65535.0
+    if img.mode == "F":
+        return np.asarray(img, dtype=np.float32)
+    gray = img.mode in ("1", "L", "LA") or (img.mode == "P" and _gray_palette(img))
+    return np.asarray(img.convert("L" if gray else "RGB")).astype(np.float32) / 255.0
+
+
+def _gray_palette(img) -> bool:
+    palette = img.getpalette() or []
+    rgb = np.asarray(palette[:len(palette) // 3 * 3]).reshape(-1, 3)
+    return bool(len(rgb)) and bool((rgb == rgb[:, :1]).all())
 
 
 def image_to_points(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

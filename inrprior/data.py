@@ -23,6 +23,7 @@ replicates the channel; alpha channels are dropped.
 from __future__ import annotations
 
 import functools
+import numbers
 from pathlib import Path
 
 import numpy as np
@@ -123,25 +124,6 @@ def convert_channels(image: torch.Tensor, channels: int | None) -> torch.Tensor:
     raise ValueError(f"cannot convert {c} channels to {channels}; channels must be 1 (gray) or 3 (RGB)")
 
 
-def _from_pil(img, name: str) -> torch.Tensor:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img).astype(np.float32) / 65535.0  # 16-bit images
-    elif img.mode == "F":
-        arr = np.asarray(img, dtype=np.float32)
-        if arr.size and (np.nanmin(arr) < 0 or np.nanmax(arr) > 1):
-            raise ValueError(f"{name} is a floating-point image with values outside [0, 1]")
-    else:
-        mode = "L" if img.mode in ("1", "L", "LA") or (img.mode == "P" and _gray_palette(img)) else "RGB"
-        arr = np.asarray(img.convert(mode)).astype(np.float32) / 255.0
-    return as_image_batch(arr, name)[0][0]
-
-
-def _gray_palette(img) -> bool:
-    palette = img.getpalette() or []
-    rgb = np.asarray(palette[:len(palette) // 3 * 3]).reshape(-1, 3)
-    return bool(len(rgb)) and bool((rgb == rgb[:, :1]).all())
-
-
 def read_image(path, channels: int | None = None) -> torch.Tensor:
     """Read an image file: anything Pillow reads (PNG, JPEG, TIFF, 16-bit PNG, ...), or a ``.npy`` array.
 
@@ -171,7 +153,7 @@ def read_image(path, channels: int | None = None) -> torch.Tensor:
         try:
             with Image.open(path) as img:
                 img.load()
-                image = _from_pil(img, str(path))
+                image = as_image_batch(img, str(path))[0][0]
         except UnidentifiedImageError:
             raise ValueError(f"{path} is not an image file Pillow can read") from None
         except (OSError, SyntaxError) as e:  # truncated or damaged files
@@ -314,7 +296,7 @@ def _torchvision(kind: str, root: Path, split: str, size, channels: int | None) 
         raise FileNotFoundError(f"{cls_name} not found under {root} ({e}); prepare it with "
                                 f"`python {recipe} {root}` ({_RECIPES})") from None
     channels = channels or natural
-    get = lambda i: _from_pil(base[i][0], f"{cls_name}[{i}]")  # noqa: E731
+    get = lambda i: as_image_batch(base[i][0], f"{cls_name}[{i}]")[0][0]  # noqa: E731
     return _LazyImages(f"{kind}:{root} ({split})", len(base), get, size, channels)
 
 
@@ -339,7 +321,8 @@ def sample_context(images: torch.Tensor, n: int | float, generator: torch.Genera
     """
     images, _ = as_image_batch(images, "images")
     b, c, h, w = images.shape
-    if isinstance(n, float):
+    if not isinstance(n, numbers.Integral):  # a fraction (numpy floats too)
+        n = float(n)
         if not 0 < n <= 1:
             raise ValueError(f"a fraction of pixels must be in (0, 1], got {n}")
         n = max(1, round(n * h * w))

@@ -344,9 +344,8 @@ def composite_gradient(base: torch.Tensor, insert: torch.Tensor, mask: torch.Ten
 
 def _check_mask(mask: Any, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
     if not isinstance(mask, torch.Tensor):
-        arr = np.asarray(mask)
-        mask = torch.from_numpy(arr.astype(np.float32) / (255.0 if arr.dtype == np.uint8 else 1.0))
-    m = mask
+        mask = torch.from_numpy(np.asarray(mask))
+    m = mask.float() / 255.0 if mask.dtype == torch.uint8 else mask  # an 8-bit 0/255 mask, as image files hold
     if m.dim() == 3 and m.shape[0] == 1:
         m = m[0]
     if tuple(m.shape) != (h, w):

@@ -167,7 +167,7 @@ def siren_query(net: Siren, params: Params, coords: torch.Tensor, order: int = 0
         :class:`Query` with value ``(B, N, C)``, gradient ``(B, N, C, 2)`` if ``order >= 1``,
         laplacian ``(B, N, C)`` if ``order == 2``.
     """
-    n, w0, last = coords.shape[-2], net.w0, len(net.layers) - 1
+    w0, last = net.w0, len(net.layers) - 1
     weights = [params[f"layers.{i}.weight"] for i in range(last + 1)]  # ([b,] d, k)
     biases = [params[f"layers.{i}.bias"] for i in range(last + 1)]  # ([b,] d)
     if order == 0:
@@ -319,6 +319,8 @@ class Functions:
         derivatives = _check_derivatives(derivatives)
         coords = check_coords(coords, batch=self.batch_size).to(self.device, self.dtype)
         n = coords.shape[-2]
+        if chunk is not None and (not isinstance(chunk, int) or chunk < 1):
+            raise ValueError(f"chunk must be a positive integer (points per function at once), got {chunk!r}")
         if chunk is None or n <= chunk:
             return run(self.net, self.params, coords, derivatives)
         parts = [run(self.net, self.params, coords[..., i:i + chunk, :], derivatives) for i in range(0, n, chunk)]

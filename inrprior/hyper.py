@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from . import io as _io
-from .coords import as_image_batch, check_coords, check_finite, image_to_points
+from .coords import as_image_batch, check_context, image_to_points
 from .functions import Functions, query_params
 from .hypernet import ConvEncoder, GridEncoder, HyperConfig, HyperNet, SetEncoder, linear_posterior
 from .siren import Params, Siren, param_shapes
@@ -183,7 +183,7 @@ class HyperPrior(nn.Module):
 
     def adapt(self, images, steps: int | None = None) -> Functions:
         """Functions for whole ``(B, C, H, W)`` (or ``(C, H, W)``) images in [0, 1], every pixel as context."""
-        images, _ = as_image_batch(images, "images")
+        images, _ = as_image_batch(images, "images", channels=self.net.out_features)
         images = images.to(self._device, self._dtype)
         b, c, h, w = images.shape
         coords, values = image_to_points(images)
@@ -198,20 +198,10 @@ class HyperPrior(nn.Module):
         return next(self.parameters()).dtype
 
     def _check_context(self, coords, values, mask):
-        if not isinstance(values, torch.Tensor):
-            raise TypeError(f"values must be a tensor, got {type(values).__name__}")
-        c = self.net.out_features
-        if values.dim() != 3 or values.shape[-1] != c:
-            raise ValueError(f"values must have shape (B, N, {c}), got {tuple(values.shape)}")
+        coords, values = check_context(coords, values, self.net.out_features)
         b, n, _ = values.shape
-        if n < 1:
-            raise ValueError("need at least 1 context pixel, got 0")
-        coords = check_coords(coords, batch=b)
         if coords.dim() == 2:
             coords = coords.expand(b, -1, -1)
-        if coords.shape[1] != n:
-            raise ValueError(f"coords have {coords.shape[1]} points but values have {n}")
-        check_finite(values, "values")
         if mask is not None:
             if tuple(mask.shape) != (b, n):
                 raise ValueError(f"mask must have shape ({b}, {n}), got {tuple(mask.shape)}")
@@ -285,7 +275,7 @@ class HyperPrior(nn.Module):
     @torch.no_grad()
     def latents(self, images, batch_size: int = 64) -> torch.Tensor:
         """Latent means ``(M, latent_dim)`` of ``(M, C, H, W)`` images, every pixel as context."""
-        images, _ = as_image_batch(images, "images")
+        images, _ = as_image_batch(images, "images", channels=self.net.out_features)
         out = []
         for i in range(0, images.shape[0], batch_size):
             chunk = images[i:i + batch_size].to(self._device, self._dtype)

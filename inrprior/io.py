@@ -9,6 +9,8 @@ Paths: a path without a suffix gets ``.safetensors`` appended, on saving and on 
 """
 from __future__ import annotations
 
+import copy
+
 import importlib
 import json
 import logging
@@ -211,7 +213,9 @@ def load_functions(path, device=None, net: Siren | None = None) -> Functions:
         raise ValueError(f"{path} holds functions of {_describe(saved)}, but the given net is "
                          f"{_describe(net.config)}")
     dtype = next(iter(tensors.values())).dtype if tensors else torch.float32
-    net = net.to(device or "cpu", dtype)
+    where, own = torch.device(device or "cpu"), next(net.parameters())
+    if (own.device, own.dtype) != (where, dtype):  # a copy: the caller's net (a prior's, say) stays as it is
+        net = copy.deepcopy(net).to(where, dtype)
     try:
         batch_size_of(tensors, net)
     except ValueError as e:

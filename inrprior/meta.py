@@ -40,7 +40,7 @@ from torch import nn
 from torch.func import vmap
 
 from . import io as _io
-from .coords import as_image_batch, check_coords, check_finite, image_to_points
+from .coords import as_image_batch, check_context, image_to_points
 from .functions import Functions
 from .inner import LATENT, MODULATION, LearningRate, adapt, adapt_tasks, adapt_trace, siren_params, task_loss
 from .siren import Params, Siren
@@ -179,10 +179,7 @@ class MetaPrior(nn.Module):
                         lr.clamp_(min=0)
 
     def _check_images(self, images) -> torch.Tensor:
-        images, _ = as_image_batch(images, "images")
-        c = self.net.out_features
-        if images.shape[1] != c:
-            raise ValueError(f"images have {images.shape[1]} channels but the SIREN outputs {c}")
+        images, _ = as_image_batch(images, "images", channels=self.net.out_features)
         return images.to(self._ref.device, self._ref.dtype)
 
     def _support(self, coords, values, generator):
@@ -294,17 +291,7 @@ class MetaPrior(nn.Module):
         Returns:
             :class:`Functions` of ``B`` functions (detached).
         """
-        if not isinstance(values, torch.Tensor):
-            raise TypeError(f"values must be a tensor, got {type(values).__name__}")
-        c = self.net.out_features
-        if values.dim() != 3 or values.shape[-1] != c:
-            raise ValueError(f"values must have shape (B, N, {c}), got {tuple(values.shape)}")
-        if values.shape[1] == 0:
-            raise ValueError("adapt_context needs at least one context pixel per image, got N=0")
-        coords = check_coords(coords, batch=values.shape[0])
-        if coords.shape[-2] != values.shape[1]:
-            raise ValueError(f"coords hold {coords.shape[-2]} points but values hold {values.shape[1]}")
-        check_finite(values, "values")
+        coords, values = check_context(coords, values, self.net.out_features)
         ref = self._ref
         return self._functions(self._adapt_points(coords.to(ref), values.to(ref), steps, chunk))
 

@@ -4,7 +4,6 @@
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -93,6 +92,17 @@ CASES = [
                                                                           out=t / "r", density="gmm", progress=False),
      ValueError, "checked before training"),
     ("a function index past the end", lambda t: _funcs()[2], IndexError, "out of range"),
+    ("context values outside [0, 1]",
+     lambda t: _meta().adapt_context(torch.rand(1, 4, 2), torch.full((1, 4, 1), 300.0)), ValueError,
+     "must be in [0, 1] like the images"),
+    ("RGB images for a gray HyperPrior", lambda t: _hyper().adapt(torch.rand(2, 3, 8, 8)), ValueError,
+     "3 channels, but the SIREN outputs 1"),
+    ("a complex-valued image", lambda t: ip.fit(torch.rand(1, 8, 8, dtype=torch.complex64), steps=1, progress=False),
+     TypeError, "must be real"),
+    ("a chunk of 0 points", lambda t: _funcs().query(torch.rand(5, 2), chunk=0), ValueError,
+     "chunk must be a positive integer"),
+    ("a render size that is not an integer", lambda t: _funcs().render(8.5, 8), ValueError,
+     "grid size must be positive integers"),
     ("context values containing NaN",
      lambda t: _hyper().adapt_context(torch.rand(1, 4, 2), torch.full((1, 4, 1), float("nan"))), ValueError, "NaN"),
 ]
@@ -123,7 +133,7 @@ if __name__ == "__main__":  # print the README table
                 call(Path(tmp))
                 message = "(no error)"
             except Exception as e:  # noqa: BLE001 - we print what each gets
-                message = f"`{type(e).__name__}`: {' '.join(str(e).split())}"
+                message = f"`{type(e).__name__}`: {' '.join(str(e).split())}".replace(tmp, "/some/path")
         print(f"| {what} | {error.__name__} | {message.split(': ', 1)[1] if ': ' in message else message} |")
     print("| coordinates outside [-1, 1] | allowed | the function extrapolates there (values are not clamped) |")
 

@@ -195,6 +195,7 @@ def test_sample_context_picks_distinct_true_pixels():
     assert data.sample_context(images[0], 0.5)[0].shape == (1, 15, 2)
     with pytest.raises(ValueError, match="cannot pick 31 pixels from a 6x5 image"):
         data.sample_context(images, 31)
+    assert data.sample_context(images, np.float32(0.5))[0].shape == (3, 15, 2)  # a numpy float is a fraction too
 
 
 def test_numpy_images_are_channels_last_and_scaled_by_their_integer_type():
@@ -205,3 +206,17 @@ def test_numpy_images_are_channels_last_and_scaled_by_their_integer_type():
     assert as_image_batch(np.full((4, 5), 65535, np.uint16))[0].max() == 1.0
     with pytest.raises(ValueError, match=r"must be in \[0, 1\], got \[0, 255\].*divide by 255"):
         as_image_batch(torch.tensor([[[0.0, 255.0]]]))
+
+
+def test_pil_images_keep_their_bit_depth_and_gray_modes():
+    from inrprior.coords import as_image_batch
+
+    ramp = np.linspace(0, 65535, 16, dtype=np.uint16).reshape(4, 4)
+    deep = as_image_batch(Image.fromarray(ramp))[0]  # a 16-bit gray image: scaled by 1/65535, one channel
+    assert deep.shape == (1, 1, 4, 4) and torch.allclose(deep[0, 0], torch.from_numpy(ramp / 65535.0).float())
+    gray_alpha = Image.fromarray(np.full((3, 5, 2), 128, np.uint8), mode="LA")
+    assert as_image_batch(gray_alpha)[0].shape == (1, 1, 3, 5)
+    assert as_image_batch(Image.fromarray(np.full((3, 5), 0.25, np.float32)))[0].max() == 0.25  # mode "F"
+    half, _ = as_image_batch(torch.full((1, 4, 4), 0.5, dtype=torch.float16))
+    assert half.dtype == torch.float32  # fitting in float16 overflows Adam: images are computed in float32
+    assert as_image_batch(torch.full((1, 2, 2), 65535, dtype=torch.uint16))[0].max() == 1.0

@@ -8,7 +8,7 @@ import torch
 import inrprior as ip
 from inrprior.fit import History, blend, composite_gradient, fit, parse_supervision, siren_query
 from inrprior.functions import Functions, query_params_autodiff
-from inrprior.targets import image_gradient, psnr
+from inrprior.targets import psnr
 
 TINY = dict(in_features=2, hidden_features=32, hidden_layers=1, w0=30.0)
 
@@ -171,6 +171,10 @@ def test_blend_without_and_with_mask():
     out = f.render(12, 12)[0]
     outside = torch.from_numpy(~mask)
     assert (out - base)[:, outside].abs().mean() < 0.1  # anchored to the base outside the mask
+    as_bytes = torch.from_numpy(mask.astype(np.uint8) * 255)  # an 8-bit mask, tensor or array, is 0/255
+    g, _ = blend(base, insert, as_bytes, steps=2, net=net, lr=1e-3, progress=False, seed=0)
+    h, _ = blend(base, insert, as_bytes.numpy(), steps=2, net=net, lr=1e-3, progress=False, seed=0)
+    assert torch.equal(g.render(12, 12), h.render(12, 12))
 
 
 def test_blend_validates_shapes():

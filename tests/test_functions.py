@@ -82,6 +82,7 @@ def test_pixel_to_coord_half_pixels_and_grid():
     assert torch.allclose(g[2 * 8 + 5], pixel_to_coord(5, 2, h=6, w=8))  # row 2, column 5
     px = torch.tensor([[3.5, 2.5], [0.0, 5.0]])
     assert torch.allclose(coord_to_pixel(pixel_to_coord(px[:, 0], px[:, 1], 6, 8), 6, 8), px)
+    assert pixel_to_coord(torch.tensor(3.5, dtype=torch.float64), 2.5, 6, 8).dtype == torch.float64
     f = random_functions(b=1, c=1, w0=1.0)
     mid = f.query(c[None], ALL)  # a query between pixel centres, with derivatives
     assert mid.value.shape == (1, 1, 1) and torch.isfinite(mid.laplacian).all()

@@ -127,6 +127,13 @@ def test_newer_version(tmp_path):
         io.load_functions(path)
 
 
+def test_loading_into_a_given_net_leaves_it_alone(tmp_path):
+    net = Siren(2, 1, 8, 1)
+    Functions(net, {k: v.double() for k, v in net.init_params(2).items()}).save(tmp_path / "f.safetensors")
+    f = io.load_functions(tmp_path / "f.safetensors", net=net)
+    assert f.dtype == torch.float64 and next(net.parameters()).dtype == torch.float32  # the net may be a prior's
+
+
 def test_architecture_mismatch_with_given_net(tmp_path):
     path = io.save_functions(tiny(hidden=16), tmp_path / "f")
     with pytest.raises(ValueError, match=r"Siren\(2->3, 1x16.*given net is Siren\(2->3, 1x32"):
