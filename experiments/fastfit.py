@@ -187,8 +187,8 @@ def main(argv=None):
         prior = MetaPrior(ip.Siren(2, c, a.hidden, a.layers, 30.0), **settings)
         start = time.perf_counter()
         train_prior(prior, train, a.train_steps, out / name, batch_size=a.batch, lr=a.outer_lr, eval_dataset=test,
-                       eval_every=a.eval_every or max(1, a.train_steps // 5), checkpoint_every=a.train_steps, density=None,
-                       progress=not a.no_progress, device=dev, resume=a.resume)
+                    eval_every=a.eval_every or max(1, a.train_steps // 5), checkpoint_every=a.train_steps,
+                    density=None, progress=not a.no_progress, device=dev, resume=a.resume, overwrite=not a.resume)
         seconds = time.perf_counter() - start
         curve = prior_curve(prior, test)
         reach = steps_to_reach(adam, curve[3])

@@ -65,6 +65,7 @@ def train_for(prior, train, minutes: float, out: Path, steps: int | None, batch:
     while True:
         target = steps if steps is not None else done + chunk
         train_prior(prior, train, target, out, batch_size=batch, lr=lr, checkpoint_every=chunk, resume=done > 0,
+                    overwrite=done == 0,
                     density=None, progress=progress, grad_clip=grad_clip, device="cpu")
         done = target
         if steps is not None or (time.process_time() - cpu0) / torch.get_num_threads() > 60 * minutes:

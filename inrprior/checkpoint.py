@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,8 +26,8 @@ from . import io
 if TYPE_CHECKING:
     from .train import TrainConfig
 
-__all__ = ["CHECKPOINT", "RESUME_KEYS", "save_checkpoint", "load_checkpoint", "restore_checkpoint", "check_resumable",
-           "prepare_out", "prepare_files"]
+__all__ = ["CHECKPOINT", "RESUME_KEYS", "RUN_OUTPUTS", "save_checkpoint", "load_checkpoint", "restore_checkpoint",
+           "check_resumable", "prepare_out", "prepare_files"]
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def _agree(ok: bool, device, world: int) -> bool:
     return flag.item() == 0
 
 
-def _checkpoint_state(prior, opt, g, step, cfg, seconds):
+def _checkpoint_state(prior, opt, g, step, cfg, seconds, data):
     tensors, prior_cfg = prior.to_state()
     tensors = {f"prior/{k}": v for k, v in tensors.items()}
     sd = opt.state_dict()
@@ -61,7 +62,7 @@ def _checkpoint_state(prior, opt, g, step, cfg, seconds):
                 extra[f"{i}/{k}"] = v
     tensors["rng/generator"] = g.get_state()
     config = {"kind": "checkpoint", "step": step, "seconds": seconds, "train": asdict(cfg), "prior": prior_cfg,
-              "optim": {"param_groups": sd["param_groups"], "state": extra}}
+              "data": data, "optim": {"param_groups": sd["param_groups"], "state": extra}}
     return tensors, config
 
 
@@ -84,17 +85,31 @@ def restore_checkpoint(prior, opt, g, tensors, config):
     g.set_state(tensors["rng/generator"])
 
 
-def check_resumable(path: Path, config: dict, cfg: TrainConfig, prior_cfg: dict) -> None:
-    """Raise a ValueError when the checkpoint at ``path`` has other settings or is beyond ``cfg.steps``."""
+def _differences(old, new, where: str) -> list[str]:
+    """``"where.key was A, now B"`` for every leaf that differs between two JSON-like values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new), key=str)
+                for d in _differences(old.get(k), new.get(k), f"{where}.{k}" if where else str(k))]
+    return [] if old == new else [f"{where} was {old!r}, now {new!r}"]
+
+
+def check_resumable(path: Path, config: dict, cfg: TrainConfig, prior_cfg: dict, data: dict) -> None:
+    """Raise a ValueError when the checkpoint at ``path`` has other settings or data, or is beyond ``cfg.steps``.
+
+    The prior's sampling density is not a setting (it is fitted after training, and a finished run continued
+    further fits it again); checkpoints written before ``data`` was stored are not checked for it.
+    """
     saved = config["train"]
     diffs = [f"{k} was {saved.get(k)!r}, now {getattr(cfg, k)!r}" for k in RESUME_KEYS
              if saved.get(k) != getattr(cfg, k)]
-    old, new = _json_norm(config["prior"]), _json_norm(prior_cfg)
-    diffs += [f"prior {k} was {old.get(k)!r}, now {new.get(k)!r}" for k in sorted(set(old) | set(new))
-              if k not in ("format_version",) and old.get(k) != new.get(k)]
+    skip = ("format_version", "density")
+    old = {k: v for k, v in _json_norm(config["prior"]).items() if k not in skip}
+    diffs += _differences(old, {k: v for k, v in _json_norm(prior_cfg).items() if k not in skip}, "prior")
+    if "data" in config:
+        diffs += _differences(config["data"], _json_norm(data), "data")
     if diffs:
         raise ValueError(f"cannot resume from {path}: the run's settings differ ({'; '.join(diffs)}); "
-                         "use the original settings or a new output folder")
+                         "use the original settings and data, or a new output folder")
     if config["step"] > cfg.steps:
         raise ValueError(f"cannot resume from {path}: it is at step {config['step']}, beyond steps={cfg.steps}")
 
@@ -115,14 +130,14 @@ def _truncate_metrics(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(path, prior, opt, g, step, cfg, seconds, rank, world, device) -> None:
+def save_checkpoint(path, prior, opt, g, step, cfg, seconds, data, rank, world, device) -> None:
     """Rank 0 writes; the other ranks wait for it and raise too if it failed (e.g. the disk filled up)."""
     if world > 1:
         dist.barrier()
     err = None
     if rank == 0:
         try:
-            io.save_state(path, *_checkpoint_state(prior, opt, g, step, cfg, seconds))
+            io.save_state(path, *_checkpoint_state(prior, opt, g, step, cfg, seconds, data))
             log.debug("checkpoint at step %d written to %s", step, path)
         except OSError as e:
             err = OSError(e.errno, f"cannot write the checkpoint of step {step} to {path} ({e.strerror or e}); "
@@ -131,17 +146,37 @@ def save_checkpoint(path, prior, opt, g, step, cfg, seconds, rank, world, device
         raise err or OSError(f"rank 0 could not write the checkpoint of step {step}")
 
 
-def prepare_out(prior, out: Path, rank: int, world: int, device) -> None:
-    """Check before training that rank 0 can write ``out`` (every rank raises if it cannot)."""
+# What a run leaves in its folder: an earlier run is recognised by the first three, and starting over removes all.
+RUN_OUTPUTS = (CHECKPOINT, "prior.safetensors", "metrics.jsonl", "report.html", "images")
+
+
+def _check_earlier_run(out: Path, resume: bool, overwrite: bool) -> None:
+    earlier = [name for name in RUN_OUTPUTS[:3] if (out / name).exists()]
+    if not earlier or overwrite:
+        return
+    held = ", ".join(earlier)
+    if not resume:
+        raise ValueError(f"{out} holds an earlier run ({held}): continue it with resume=True (--resume), start over "
+                         "with overwrite=True (--overwrite), or choose another output folder")
+    if CHECKPOINT not in earlier:
+        raise ValueError(f"cannot resume: {out} holds an earlier run ({held}) but no {CHECKPOINT}; start over with "
+                         "overwrite=True (--overwrite) or choose another output folder")
+
+
+def prepare_out(prior, out: Path, rank: int, world: int, device, resume: bool = False,
+                overwrite: bool = False) -> None:
+    """Check before training that rank 0 can write ``out`` and that no earlier run there would be lost (every rank
+    raises if not)."""
     err = None
     if rank == 0:
         nbytes = sum(p.numel() * p.element_size() for p in prior.parameters())
         try:  # room for the prior, Adam's two moments, and the old checkpoint while the new one is written
             io.check_writable(out, min_free_mb=max(100.0, 8 * nbytes / 2**20))
-        except OSError as e:
+            _check_earlier_run(out, resume, overwrite)
+        except (OSError, ValueError) as e:
             err = e
     if not _agree(err is None, device, world):
-        raise err or OSError(f"rank 0 cannot write the output folder {out}")
+        raise err or OSError(f"rank 0 cannot write the output folder {out}, or it holds an earlier run")
 
 
 def load_checkpoint(ckpt: Path, rank: int, world: int):
@@ -168,9 +203,13 @@ def prepare_files(out: Path, info: dict, resumed_step: int | None) -> None:
         stale.unlink()
     if resumed_step is not None:
         _truncate_metrics(out / "metrics.jsonl", resumed_step)
-    else:
-        if (out / CHECKPOINT).exists():
-            log.warning("%s exists and resume=False: starting over and overwriting it", out / CHECKPOINT)
-        (out / "metrics.jsonl").unlink(missing_ok=True)
+    else:  # starting over (prepare_out refused unless overwrite was asked for): nothing of the old run stays
+        for name in RUN_OUTPUTS:
+            old = out / name
+            if old.is_dir():
+                shutil.rmtree(old)
+            elif old.exists():
+                log.warning("starting over: removing %s of an earlier run", old)
+                old.unlink()
     (out / "config.json.tmp").write_text(json.dumps(_json_norm(info), indent=1))
     os.replace(out / "config.json.tmp", out / "config.json")

@@ -60,29 +60,27 @@ def _field_docs(cls) -> dict[str, str]:
 def add_prior_arguments(p: argparse.ArgumentParser) -> None:
     """One ``--field-name`` flag per field of the priors' config dataclasses (given ones only are passed on);
     a name the parser already has gets the prior's prefix (``--hyper-hidden``)."""
-    seen: dict[str, list[str]] = {}
+    owners: dict[str, list] = {}  # field name -> [(kind, its dataclass field, its doc)] in declaration order
     groups = {}
     for kind, cls in _prior_configs().items():
         groups[kind] = p.add_argument_group(f"--prior {kind} options ({cls.__name__}; see its docstring)")
-        for f in fields(cls):
-            seen.setdefault(f.name, []).append(kind)
-    for kind, cls in _prior_configs().items():
         docs = _field_docs(cls)
         for f in fields(cls):
-            if seen[f.name][0] != kind:
-                continue  # declared once; the help says which priors take it
-            default = f.default if f.default is not MISSING else None
-            owners = "/".join(seen[f.name])
-            flag = "--" + f.name.replace("_", "-")
-            if flag in p._option_string_actions:  # e.g. HyperConfig.hidden next to the SIREN's --hidden
-                flag = f"--{kind}-" + f.name.replace("_", "-")
-            help_text = f"[{owners}] {docs.get(f.name, '')} (default: {default})".replace("%", "%%")
-            if str(f.type) == "bool":
-                groups[kind].add_argument(flag, dest=_DEST + f.name, action=argparse.BooleanOptionalAction,
-                                          default=argparse.SUPPRESS, help=help_text)
-            else:
-                groups[kind].add_argument(flag, dest=_DEST + f.name, type=_flag_type(f.type), default=argparse.SUPPRESS,
-                                          metavar=f.name.upper(), help=help_text)
+            owners.setdefault(f.name, []).append((kind, f, docs.get(f.name, "")))
+    for name, decl in owners.items():
+        kind, first, _ = decl[0]  # the flag lives in the first declaring prior's group; the help covers each
+        flag = "--" + name.replace("_", "-")
+        if flag in p._option_string_actions:  # e.g. HyperConfig.hidden next to the SIREN's --hidden
+            flag = f"--{kind}-" + name.replace("_", "-")
+        help_text = " ".join(f"[{k}] {doc} (default: {f.default if f.default is not MISSING else None})"
+                             for k, f, doc in decl).replace("%", "%%")
+        if str(first.type) == "bool":
+            groups[kind].add_argument(flag, dest=_DEST + name, action=argparse.BooleanOptionalAction,
+                                      default=argparse.SUPPRESS, help=help_text)
+        else:
+            optional = " | ".join(str(f.type) for _, f, _ in decl)  # "none" is accepted if any prior takes None
+            groups[kind].add_argument(flag, dest=_DEST + name, type=_flag_type(optional), default=argparse.SUPPRESS,
+                                      metavar=name.upper(), help=help_text)
 
 
 def prior_options(args: argparse.Namespace, kind: str) -> dict:
@@ -128,6 +126,8 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
                    help="adaptation steps of the evaluation (0: the prior's one pass)")
     g.add_argument("--checkpoint-every", type=positive_int, default=50, help="steps between checkpoints")
     g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start over in an OUT that holds an earlier run, removing its outputs (else it is refused)")
     g.add_argument("--density", choices=("gaussian", "gmm", "pca", "none"), default="gaussian",
                    help="sampling density fitted after training (gmm: latent MetaPriors and HyperPriors; none: a "
                         "HyperPrior samples N(0, I), a MetaPrior cannot sample)")
@@ -157,8 +157,9 @@ def _train(args: argparse.Namespace) -> int:
     device = device_of(args.device) if args.device else None
     train(prior, train_set, steps=args.steps, out=args.out, batch_size=args.batch_size, lr=args.lr,
           eval_dataset=test_set if len(test_set) else None, eval_every=args.eval_every, eval_steps=args.eval_steps,
-          checkpoint_every=args.checkpoint_every, resume=args.resume, device=device, progress=not args.quiet,
-          seed=args.seed, density=None if args.density == "none" else args.density, grad_clip=args.grad_clip,
+          checkpoint_every=args.checkpoint_every, resume=args.resume, overwrite=args.overwrite, device=device,
+          progress=not args.quiet, seed=args.seed, density=None if args.density == "none" else args.density,
+          grad_clip=args.grad_clip,
           amp=args.amp, compile=args.compile)
     if _rank() == 0:
         print(f"trained prior: {args.out / 'prior.safetensors'}; report: {args.out / 'report.html'}")
@@ -200,23 +201,24 @@ def _sample_arguments(p: argparse.ArgumentParser) -> None:
     add_size_argument(p, "size of each rendered sample (any: the functions are continuous)", default=(128, 128))
     p.add_argument("--seed", type=int, default=0, help="seed of the draw")
     p.add_argument("--save", type=Path, default=None, help="also save the sampled functions (.safetensors)")
-    p.add_argument("-o", "--output", type=Path, required=True, help="grid image to write (PNG)")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="image to write (PNG, ...): the samples tiled pixel for pixel, 1 px apart")
     p.add_argument("--device", default=None, help="cpu or cuda")
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from .plots import image_grid
+    from .plots import save_image, tile
 
     prior = _load_run(args.run, device_of(args.device))
-    if prior.config["kind"] == "meta" and prior.density is None:
+    if not prior.can_sample:
         raise ValueError(f"{args.run} holds a MetaPrior without a sampling density (trained with --density none); "
                          "fit one in Python: prior.fit_density(train_images); prior.save(path)")
     functions = prior.sample(args.n, generator=torch.Generator().manual_seed(args.seed))
     images = functions.render(*args.size).cpu()
-    image_grid(images, args.output)
+    written = [save_image(images[0] if len(images) == 1 else tile(images), args.output)]  # pixel for pixel
     if args.save:
-        functions.save(args.save)
-    print(f"wrote {args.output}" + (f" and {args.save}" if args.save else ""))
+        written.append(functions.save(args.save))
+    print("wrote " + " and ".join(map(str, written)))
     return 0
 
 
@@ -252,11 +254,14 @@ def _adapt(args: argparse.Namespace) -> int:
     h, w = images.shape[-2:]
     recon = functions.render(h, w).cpu()
     scores = psnr(recon, images).tolist()
-    for path, im in zip(args.images, functions.render(*(args.render_size or (h, w))).cpu()):
-        save_image(im, out / f"{path.stem}_adapted.png")
+    stems = [p.stem for p in args.images]
+    names = [f"{i}_{stem}" if stems.count(stem) > 1 else stem for i, stem in enumerate(stems)]  # no overwrites
+    for name, im in zip(names, functions.render(*(args.render_size or (h, w))).cpu()):
+        save_image(im, out / f"{name}_adapted.png")
     image_grid(torch.cat([images, recon]), out / "adapted.png", nrow=len(images))
     functions.save(out / "functions.safetensors")
-    write_json(out / "psnr.json", {str(p): s for p, s in zip(args.images, scores)})
+    write_json(out / "psnr.json", [{"image": str(p), "output": f"{n}_adapted.png", "psnr": s}
+                                   for p, n, s in zip(args.images, names, scores)])
     for p, s in zip(args.images, scores):
         print(f"{p}: {s:.2f} dB after {args.steps} steps")
     print(f"wrote {out}/ (adapted.png, functions.safetensors, psnr.json)")

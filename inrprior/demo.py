@@ -149,7 +149,7 @@ def prior_stage(out: Path, config: DemoConfig, device: torch.device, progress: b
     start = time.perf_counter()
     train(prior, train_set, steps=config.prior_steps, out=out / "prior", batch_size=8, lr=config.prior_lr,
           eval_dataset=test, eval_every=max(1, config.prior_steps // 5), checkpoint_every=config.prior_steps,
-          device=device, progress=progress)
+          device=device, progress=progress, overwrite=True)  # the demo's own folder: a second `make demo` redoes it
     seconds = time.perf_counter() - start
     steps = [0, 1, 2, 3, 5, 10]
     prior_curve = [psnr(prior.adapt(test, steps=k).render(s, s), test).mean().item() for k in steps]

@@ -16,6 +16,7 @@ import copy
 import functools
 import warnings
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Iterable
 
 import torch
@@ -369,7 +370,8 @@ class Functions:
             return t.permute(0, 3, 1, 2, *range(4, t.dim()))
         return q.map(to_image)
 
-    def save(self, path) -> None:
-        """Save to ``path`` (a ``.safetensors`` file holding the weights and a JSON config), atomically."""
+    def save(self, path) -> Path:
+        """Save to ``path`` (a ``.safetensors`` file holding the weights and a JSON config), atomically; returns
+        the path written (``.safetensors`` is added to a path without a suffix)."""
         from .io import save_functions
-        save_functions(self, path)
+        return save_functions(self, path)

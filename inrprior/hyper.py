@@ -285,6 +285,8 @@ class HyperPrior(nn.Module):
 
     #: what ``fit_density(kind=...)`` accepts (``inrprior.train`` checks it before training)
     density_kinds = ("gaussian", "gmm", "pca", "standard")
+    #: a HyperPrior samples its latent from N(0, I) until a density is fitted
+    can_sample = True
 
     def fit_density(self, images, kind: str = "gaussian", **kwargs):
         """Fit the sampling density to the latents of training images; ``kind="standard"`` goes back to N(0, I).

@@ -104,8 +104,9 @@ class HyperConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("latent_dim", "hidden", "head_width", "encoder_layers", "min_context", "image_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or int(value) < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         for name in ("beta", "weight_reg", "refine_steps", "train_refine_steps", "trunk_layers", "fourier_bands"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

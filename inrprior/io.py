@@ -84,9 +84,14 @@ def save_state(path, tensors: dict[str, torch.Tensor], config: dict[str, Any],
     return path
 
 
+_UMASK = os.umask(0)  # read once at import (os.umask can only be read by setting it)
+os.umask(_UMASK)
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; the file gets the permissions any other output gets
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -104,6 +109,17 @@ def _atomic_write(path: Path, data: bytes) -> None:
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def _folder_hint(folder: Path) -> str:
+    """What a folder that lacks the file asked for does hold, and the command for it."""
+    if (folder / f"prior{SUFFIX}").is_file():
+        return f" (it holds a trained prior: sample it with `inrprior sample {folder}`, or load it with ip.load)"
+    if (folder / f"functions{SUFFIX}").is_file():
+        return f" (it holds fitted functions: render them with `inrprior render {folder}`)"
+    if (folder / "checkpoint.safetensors").is_file():
+        return " (a run that has not finished: continue it with `inrprior train ... --resume`)"
+    return ""
 
 
 def load_state(path, kind: str | tuple[str, ...] | None = None, device=None,
@@ -126,9 +142,7 @@ def load_state(path, kind: str | tuple[str, ...] | None = None, device=None,
         if path.is_dir():
             raise FileNotFoundError(f"{path} is a folder, not a file")
         if Path(given).is_dir():
-            unfinished = (" (a run that has not finished: continue it with `inrprior train ... --resume`)"
-                          if (Path(given) / "checkpoint.safetensors").is_file() else "")
-            raise FileNotFoundError(f"folder {given} has no {path.name}{unfinished}")
+            raise FileNotFoundError(f"folder {given} has no {path.name}{_folder_hint(Path(given))}")
         also = f" (nor {path.name})" if str(path) != str(given) else ""
         raise FileNotFoundError(f"{given}{also} does not exist")
     try:
@@ -248,7 +262,12 @@ def restore_prior_state(prior, tensors: dict[str, torch.Tensor], config: dict):
     from .density import density_from_state
 
     model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    prior.to(next(iter(model.values())).dtype).load_state_dict(model)
+    if not model:
+        raise ValueError("the file holds no model tensors")
+    try:
+        prior.to(next(iter(model.values())).dtype).load_state_dict(model)
+    except RuntimeError as e:  # names or shapes that the config's architecture does not have
+        raise ValueError(f"its tensors do not match its config ({' '.join(str(e).split())[:300]})") from None
     if config.get("density") is not None:
         prior.density = density_from_state({k[len("density."):]: v for k, v in tensors.items()
                                             if k.startswith("density.")}, config["density"])
@@ -278,7 +297,10 @@ def load_prior(path, device=None):
     if kind not in PRIORS:
         known = ", ".join(sorted(PRIORS)) or "none registered"
         raise ValueError(f"{path} holds {kind!r}, which is not a known prior kind ({known}){kind_hint(kind)}")
-    prior = PRIORS[kind].from_state(tensors, config)
+    try:
+        prior = PRIORS[kind].from_state(tensors, config)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
     return prior.to(device) if device is not None and hasattr(prior, "to") else prior
 
 
@@ -289,7 +311,7 @@ def load(path, device=None):
         for name, loader in (("prior", load_prior), ("functions", load_functions)):
             if (file / (name + SUFFIX)).is_file():
                 return loader(file / (name + SUFFIX), device=device)
-        raise FileNotFoundError(f"{file} holds neither prior{SUFFIX} nor functions{SUFFIX}")
+        raise FileNotFoundError(f"{file} holds neither prior{SUFFIX} nor functions{SUFFIX}{_folder_hint(file)}")
     _, config = load_state(file)  # validates; the tensors are read again by the loader (files are small)
     if config["kind"] == "functions":
         return load_functions(file, device=device)

@@ -305,6 +305,11 @@ class MetaPrior(nn.Module):
         """What ``fit_density(kind=...)`` accepts (``inrprior.train`` checks it before training)."""
         return ("gaussian", "gmm", "pca") if self.cfg.latent_dim is not None else ("gaussian", "pca")
 
+    @property
+    def can_sample(self) -> bool:
+        """Whether :meth:`sample` works: a MetaPrior samples from the density fitted after training."""
+        return self.density is not None
+
     def codes(self, images, steps: int | None = None, chunk: int = 64) -> torch.Tensor:
         """What the sampling density models: adapted latents ``(M, d)``, or adapted weight offsets
         ``(M, P)`` from the initialization (flattened in ``net.named_parameters()`` order)."""

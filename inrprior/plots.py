@@ -54,7 +54,10 @@ def _save(fig, path, title: str | None = None, dpi: int = 100) -> Path:
 
 
 def _out(path) -> Path:
+    """The file to write: ``.png`` is added to a path without a suffix (the caller prints what is returned)."""
     path = Path(path)
+    if not path.suffix:
+        path = path.with_name(path.name + ".png")
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 

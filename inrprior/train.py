@@ -10,12 +10,15 @@ What a prior must provide (the Prior protocol, see DESIGN.md) and what this loop
   so that every process consumes the generator identically and gets the numbers a single process would: use
   :func:`per_image`, or read ``generator.shard == (start, stop, global_batch)`` yourself.
 - ``adapt``, ``fit_density``, ``to_state`` / ``from_state`` (exact round trip of the parameters) and ``save``;
-  optionally ``density_kinds`` (what ``fit_density`` accepts), checked before the first step.
+  optionally ``density_kinds`` (what ``fit_density`` accepts), checked before the first step, and ``can_sample``
+  (whether ``sample`` works now; the report draws samples if so, by default if a density was fitted).
 
 The output folder ``out/`` holds: ``config.json`` (the :class:`TrainConfig`, the prior's config, the data's shape),
 ``metrics.jsonl`` (one JSON object per logged step: ``step``, ``loss``, the prior's metrics, ``lr``, ``seconds``,
 and ``eval_psnr`` / ``eval_mse`` at evaluation steps), ``checkpoint.safetensors`` (resume state, see
-:mod:`inrprior.checkpoint`) and, at the end, ``prior.safetensors``. A report can be rebuilt from these files alone.
+:mod:`inrprior.checkpoint`) and, at the end, ``prior.safetensors`` and ``report.html`` (with ``images/``). A report
+can be rebuilt from these files alone. A folder holding an earlier run is refused unless the run is resumed or
+``overwrite=True`` starts it over.
 """
 from __future__ import annotations
 
@@ -168,7 +171,7 @@ def _stack(dataset, limit: int) -> torch.Tensor:
 
 def train(prior, dataset, steps: int, out, batch_size: int = 8, lr: float = 5e-5, eval_dataset=None,
           eval_every: int = 100, eval_steps: int = 3, checkpoint_every: int = 100, resume: bool = False,
-          device=None, progress: bool = True, seed: int = 0, density: str | None = "gaussian",
+          overwrite: bool = False, device=None, progress: bool = True, seed: int = 0, density: str | None = "gaussian",
           grad_clip: float | None = None, amp: str | None = None, compile: bool | str = False, **options):
     """Train ``prior`` on ``dataset`` and write checkpoints, metrics and the final prior into ``out``.
 
@@ -184,7 +187,10 @@ def train(prior, dataset, steps: int, out, batch_size: int = 8, lr: float = 5e-5
         eval_dataset: held-out images; every ``eval_every`` steps their PSNR after ``eval_steps`` adaptation
             steps is logged.
         checkpoint_every: steps between checkpoints (one is also written at the end).
-        resume: continue from ``out/checkpoint.safetensors`` (exactly: the final weights equal a straight run's).
+        resume: continue from ``out/checkpoint.safetensors`` (exactly: the final weights equal a straight run's);
+            the checkpoint's settings, prior and data (image count and shape) must match.
+        overwrite: start over in a folder that holds an earlier run, removing its outputs; without it (and without
+            ``resume``) such a folder is refused, so that nothing saved is lost.
         device: default CUDA (the process's ``LOCAL_RANK`` GPU under torchrun) when available, else CPU.
         density: sampling density fitted after training (``prior.fit_density(images, kind=density)``); None skips.
         grad_clip: clip the gradient norm to this value.
@@ -211,7 +217,7 @@ def train(prior, dataset, steps: int, out, batch_size: int = 8, lr: float = 5e-5
     out = Path(out)
     rank, world, device, created = _dist_setup(device)
     try:
-        return _run(prior, dataset, eval_dataset, cfg, out, resume, device, progress, rank, world)
+        return _run(prior, dataset, eval_dataset, cfg, out, resume, overwrite, device, progress, rank, world)
     finally:
         if created:  # a group the caller set up stays theirs
             dist.destroy_process_group()
@@ -233,12 +239,15 @@ def _forward_backward(model, images, g, opt, cfg, device, world, step, where):
     return list(metrics), values
 
 
-def _run(prior, dataset, eval_dataset, cfg: TrainConfig, out: Path, resume: bool, device, progress, rank, world):
+def _run(prior, dataset, eval_dataset, cfg: TrainConfig, out: Path, resume: bool, overwrite: bool, device, progress,
+         rank, world):
     from tqdm import tqdm
 
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} does not split evenly across {world} processes")
-    prepare_out(prior, out, rank, world, device)
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other: continue the run, or start it over")
+    prepare_out(prior, out, rank, world, device, resume=resume, overwrite=overwrite)
     ckpt, metrics_path = out / CHECKPOINT, out / "metrics.jsonl"
     prior.to(device).train()
     dtype = next(prior.parameters()).dtype
@@ -247,9 +256,10 @@ def _run(prior, dataset, eval_dataset, cfg: TrainConfig, out: Path, resume: bool
     g.manual_seed(cfg.seed)
     prior_cfg = prior.to_state()[1]
     step, seconds = 0, 0.0
+    data = {"train_images": len(dataset), "image_shape": list(_item(dataset[0]).shape)}  # what resume must match
     loaded = load_checkpoint(ckpt, rank, world) if resume else None
     if loaded is not None:
-        check_resumable(ckpt, loaded[1], cfg, prior_cfg)
+        check_resumable(ckpt, loaded[1], cfg, prior_cfg, data)
         restore_checkpoint(prior, opt, g, *loaded)
         step, seconds = loaded[1]["step"], loaded[1]["seconds"]
         log.info("resuming from %s at step %d", ckpt, step)
@@ -257,8 +267,7 @@ def _run(prior, dataset, eval_dataset, cfg: TrainConfig, out: Path, resume: bool
         log.warning("resume requested but %s does not exist: starting from step 0", ckpt)
     if rank == 0:
         info = {"train": asdict(cfg), "prior": prior_cfg, "world_size": world, "device": str(device),
-                "data": {"train_images": len(dataset), "image_shape": list(_item(dataset[0]).shape),
-                         "eval_images": 0 if eval_dataset is None else min(len(eval_dataset), cfg.eval_images)}}
+                "data": {**data, "eval_images": 0 if eval_dataset is None else min(len(eval_dataset), cfg.eval_images)}}
         prepare_files(out, info, None if loaded is None else step)
 
     model = prior
@@ -314,7 +323,7 @@ def _run(prior, dataset, eval_dataset, cfg: TrainConfig, out: Path, resume: bool
             bar.set_postfix({k: f"{row[k]:.4g}" for k in ("loss", "eval_psnr") if k in row}, refresh=False)
             bar.update(1)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                save_checkpoint(ckpt, prior, opt, g, step, cfg, time.perf_counter() - t0, rank, world, device)
+                save_checkpoint(ckpt, prior, opt, g, step, cfg, time.perf_counter() - t0, data, rank, world, device)
                 last_good = step
     finally:
         bar.close()
@@ -325,6 +334,7 @@ def _run(prior, dataset, eval_dataset, cfg: TrainConfig, out: Path, resume: bool
     if rank == 0:
         prior.save(out / "prior.safetensors")
         from .report import write_report
-        page = write_report(out, prior.eval(), evals, cfg.eval_steps, n_samples=16 if cfg.density else 0)
+        samples = getattr(prior, "can_sample", cfg.density is not None)
+        page = write_report(out, prior.eval(), evals, cfg.eval_steps, n_samples=16 if samples else 0)
         log.info("wrote %s, %s, %s and %s", out / "prior.safetensors", ckpt, metrics_path, page)
     return prior

@@ -53,6 +53,12 @@ def _not_image(tmp):
     return tmp / "notes.png"
 
 
+def _mismatched_prior(tmp):
+    tensors, config = _meta().to_state()
+    config["siren"]["hidden_features"] = 16  # an edited config: the tensors are of width 8
+    return io.save_state(tmp / "prior.safetensors", tensors, config)
+
+
 # (what the user did, how to do it given a tmp folder, the exception, a fragment of its one-line message)
 CASES = [
     ("image with 5 dimensions", lambda t: ip.fit(torch.rand(1, 1, 1, 8, 8), steps=1, progress=False),
@@ -81,6 +87,8 @@ CASES = [
     ("functions loaded into another architecture",
      lambda t: io.load_functions(_other_arch(t), net=ip.Siren(2, 1, 16, 1)), ValueError, "but the given net is"),
     ("a functions file loaded as a prior", lambda t: io.load_prior(_other_arch(t)), ValueError, "functions"),
+    ("a prior file whose tensors do not match its config", lambda t: io.load_prior(_mismatched_prior(t)), ValueError,
+     "tensors do not match its config"),
     ("training on an empty dataset", lambda t: ip.train(_meta(), torch.zeros(0, 1, 8, 8), steps=1, out=t / "r",
                                                         progress=False), ValueError, "empty"),
     ("MetaPrior context with 0 pixels", lambda t: _meta().adapt_context(torch.zeros(1, 0, 2), torch.zeros(1, 0, 1)),

@@ -3,6 +3,7 @@ import json
 import re
 
 import pytest
+from PIL import Image
 
 from inrprior import cli, data, plots
 
@@ -35,8 +36,9 @@ def test_sample_and_adapt_from_a_run(meta_run, tmp_path):
     assert cli.main(["sample", str(meta_run), "-n", "4", "--size", "16", "-o", str(grid),
                      "--save", str(tmp_path / "s.safetensors")]) == 0
     assert grid.is_file() and (tmp_path / "s.safetensors").is_file()
-    wide = ["sample", str(meta_run), "-n", "1", "--size", "12", "20", "-o", str(tmp_path / "wide.png")]
-    assert cli.build_parser().parse_args(wide).size == (12, 20) and cli.main(wide) == 0  # height width
+    assert Image.open(grid).size == (2 * 16 + 1, 2 * 16 + 1)  # four 16x16 samples, pixel for pixel, 1 px apart
+    assert cli.main(["sample", str(meta_run), "-n", "1", "--size", "12", "20", "-o", str(tmp_path / "wide")]) == 0
+    assert Image.open(tmp_path / "wide.png").size == (20, 12)  # height width; the suffix added is the one printed
     paths = []
     for i, image in enumerate(data.stack(data.load("digits", size=8, split="test"))[:2]):
         paths.append(tmp_path / f"d{i}.png")
@@ -44,8 +46,14 @@ def test_sample_and_adapt_from_a_run(meta_run, tmp_path):
     out = tmp_path / "adapted"
     assert cli.main(["adapt", str(meta_run), *map(str, paths), "--steps", "2", "-o", str(out)]) == 0
     scores = json.loads((out / "psnr.json").read_text())
-    assert len(scores) == 2 and all(s > 5 for s in scores.values())
+    assert [r["image"] for r in scores] == list(map(str, paths)) and all(r["psnr"] > 5 for r in scores)
     assert (out / "functions.safetensors").is_file() and (out / "d0_adapted.png").is_file()
+    (tmp_path / "other").mkdir()
+    plots.save_image(data.stack(data.load("digits", size=8, split="test"))[2], tmp_path / "other" / "d0.png")
+    assert cli.main(["adapt", str(meta_run), str(paths[0]), str(tmp_path / "other" / "d0.png"), "-o", str(out)]) == 0
+    scores = json.loads((out / "psnr.json").read_text())  # two files named d0.png: two outputs, neither overwritten
+    assert [r["output"] for r in scores] == ["0_d0_adapted.png", "1_d0_adapted.png"]
+    assert (out / "0_d0_adapted.png").is_file() and (out / "1_d0_adapted.png").is_file()
 
 
 def test_hyper_train_and_flag_errors(tmp_path, capsys):

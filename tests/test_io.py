@@ -88,6 +88,10 @@ def test_missing_file(tmp_path):
     (tmp_path / "checkpoint.safetensors").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match=r"folder .* has no prior.safetensors \(a run that has not finished"):
         io.load_prior(tmp_path)
+    Functions(Siren(2, 1, 8, 1), Siren(2, 1, 8, 1).init_params(1)).save(tmp_path / "functions.safetensors")
+    with pytest.raises(FileNotFoundError, match=r"has no prior.safetensors \(it holds fitted functions: .*render"):
+        io.load_prior(tmp_path)
+    assert (tmp_path / "functions.safetensors").stat().st_mode & 0o044 == 0o044 & ~io._UMASK  # as readable as others
 
 
 @pytest.mark.parametrize("content", [os.urandom(256), b"", b"\x08" + b"\x00" * 7 + b"{}"])

@@ -78,10 +78,40 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     train(make_toy(), IMAGES, steps=2, out=tmp_path, checkpoint_every=2, **KW)
     with pytest.raises(ValueError, match="batch_size was 4, now 2"):
         train(make_toy(), IMAGES, steps=4, out=tmp_path, resume=True, **{**KW, "batch_size": 2})
-    with pytest.raises(ValueError, match="prior siren"):
+    with pytest.raises(ValueError, match=r"prior.siren.hidden_features was 16, now 8\)"):
         train(make_toy(hidden=8), IMAGES, steps=4, out=tmp_path, resume=True, **KW)
     with pytest.raises(ValueError, match="beyond steps=1"):
         train(make_toy(), IMAGES, steps=1, out=tmp_path, resume=True, **KW)
+    with pytest.raises(ValueError, match=r"data.train_images was 12, now 8"):  # other data: refused too
+        train(make_toy(), IMAGES[:8], steps=4, out=tmp_path, resume=True, **KW)
+
+
+def test_a_finished_run_with_a_density_continues(tmp_path):
+    from inrprior import MetaPrior, Siren
+
+    prior = MetaPrior(Siren(2, IMAGES.shape[1], 8, 1), inner_steps=1)
+    train(prior, IMAGES, steps=2, out=tmp_path, checkpoint_every=2, **{**KW, "density": "gaussian"})
+    assert prior.density is not None  # the fitted density is in the prior's config, but it is not a setting
+    train(prior, IMAGES, steps=4, out=tmp_path, resume=True, **{**KW, "density": "gaussian"})
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3, 4]
+
+
+def test_a_folder_holding_an_earlier_run_is_kept_unless_overwrite(tmp_path):
+    train(make_toy(), IMAGES, steps=2, out=tmp_path, checkpoint_every=2, **KW)
+    before = (tmp_path / "prior.safetensors").read_bytes()
+    with pytest.raises(ValueError, match="holds an earlier run .*--resume.*--overwrite"):
+        train(make_toy(seed=3), IMAGES, steps=2, out=tmp_path, **KW)
+    (tmp_path / "checkpoint.safetensors").unlink()
+    with pytest.raises(ValueError, match="cannot resume: .* no checkpoint.safetensors"):
+        train(make_toy(seed=3), IMAGES, steps=2, out=tmp_path, resume=True, **KW)
+    assert (tmp_path / "prior.safetensors").read_bytes() == before and len(read_metrics(tmp_path)) == 2
+    (tmp_path / "images").mkdir(exist_ok=True)
+    (tmp_path / "images" / "stale.png").write_bytes(b"x")
+    train(make_toy(seed=3), IMAGES, steps=1, out=tmp_path, overwrite=True, **KW)  # starting over: nothing stale
+    assert (tmp_path / "prior.safetensors").read_bytes() != before and len(read_metrics(tmp_path)) == 1
+    assert not (tmp_path / "images" / "stale.png").exists()
+    with pytest.raises(ValueError, match="exclude each other"):
+        train(make_toy(), IMAGES, steps=2, out=tmp_path, resume=True, overwrite=True, **KW)
 
 
 class NanAt(ToyPrior):
