@@ -227,9 +227,11 @@ def test_trains_with_the_shared_training_loop(tmp_path):
           checkpoint_every=2, progress=False, density="gaussian")
     loaded = io.load_prior(tmp_path / "prior.safetensors")
     assert loaded.density is not None and len(loaded.sample(2)) == 2
+    (tmp_path / "images" / "samples.png").unlink()
     resumed = make("shift")
     train(resumed, x, steps=4, out=tmp_path, batch_size=4, lr=1e-3, checkpoint_every=2, progress=False,
           resume=True, density=None)
+    assert (tmp_path / "images" / "samples.png").is_file()  # density None: a HyperPrior still samples N(0, I)
     for (k, a), b in zip(loaded.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
 
