@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from . import io as _io
+from .config import check_count
 from .coords import as_image_batch, check_context, image_to_points
 from .functions import Functions, query_params
 from .hypernet import ConvEncoder, GridEncoder, HyperConfig, HyperNet, SetEncoder, linear_posterior
@@ -114,8 +115,7 @@ class HyperPrior(nn.Module):
         Returns:
             ``(loss, metrics)`` with metrics ``loss, mse, psnr, kl, context`` as floats.
         """
-        if images.dim() != 4 or images.shape[1] != self.net.out_features:
-            raise ValueError(f"images must be (B, {self.net.out_features}, H, W), got {tuple(images.shape)}")
+        images = as_image_batch(images, "images", channels=self.net.out_features)[0].to(self._device, self._dtype)
         b, c, h, w = images.shape
         if self.cfg.flip:  # augmentation: mirror each image left-right with probability 1/2
             flip = self._draw("rand", (b,), generator, images.device) < 0.5
@@ -173,9 +173,7 @@ class HyperPrior(nn.Module):
             :class:`Functions` of ``B`` functions (detached).
         """
         coords, values, mask = self._check_context(coords, values, mask)
-        steps = self.cfg.refine_steps if steps is None else int(steps)
-        if steps < 0:
-            raise ValueError(f"steps must be >= 0, got {steps}")
+        steps = self.cfg.refine_steps if steps is None else check_count(steps, "steps")
         with torch.no_grad():
             z, _ = self.encode(coords, values, mask, size)
         params = self._refine(z, coords, values, mask, steps) if steps else self._generate_detached(z)
@@ -237,12 +235,31 @@ class HyperPrior(nn.Module):
         return build(free)
 
     def _refine(self, z, coords, values, mask, steps: int) -> Params:
-        """Refine from the generated function on the context; the prior itself is not changed."""
+        """Refine from the generated function on the context; the prior itself is not changed.
+
+        With ``refine="auto"``, an image with fewer than ``refine_min_context`` known pixels refines its latent only
+        (its weights would be fitted at the cost of the rest); the choice is per image, so an image's result does not
+        depend on the others in its batch.
+        """
         weight = mask if mask is not None else values.new_ones(values.shape[:2])
         target = self.cfg.refine_target
-        few = float(weight.sum(1).min()) < self.cfg.refine_min_context
-        if self.cfg.refine == "auto" and not self.cfg.train_refine_steps and few:
-            target = "latent"  # too few pixels to move every weight: they would be fitted at the cost of the rest
+        if self.cfg.refine != "auto" or self.cfg.train_refine_steps:
+            return self._refine_as(target, z, coords, values, weight, steps)
+        few = weight.sum(1) < self.cfg.refine_min_context  # (b,)
+        if bool(few.all()) or not bool(few.any()):
+            return self._refine_as("latent" if bool(few.all()) else target, z, coords, values, weight, steps)
+        shapes, parts = param_shapes(self.net), []
+        for rows, part_target in ((few.nonzero()[:, 0], "latent"), ((~few).nonzero()[:, 0], target)):
+            part = self._refine_as(part_target, z[rows], coords[rows], values[rows], weight[rows], steps)
+            parts.append((rows, {k: v if v.dim() > len(shapes[k]) else v.expand(len(rows), *shapes[k])
+                                 for k, v in part.items()}))
+        out = {k: v.new_empty(z.shape[0], *shapes[k]) for k, v in parts[0][1].items()}
+        for rows, part in parts:
+            for k, v in part.items():
+                out[k][rows] = v
+        return out
+
+    def _refine_as(self, target: str, z, coords, values, weight, steps: int) -> Params:
         with torch.enable_grad():
             base = self._generate_detached(z)
             free, build = self._free(z.detach(), base, target)
@@ -276,7 +293,7 @@ class HyperPrior(nn.Module):
     def latents(self, images, batch_size: int = 64) -> torch.Tensor:
         """Latent means ``(M, latent_dim)`` of ``(M, C, H, W)`` images, every pixel as context."""
         images, _ = as_image_batch(images, "images", channels=self.net.out_features)
-        out = []
+        out, batch_size = [], check_count(batch_size, "batch_size", least=1)
         for i in range(0, images.shape[0], batch_size):
             chunk = images[i:i + batch_size].to(self._device, self._dtype)
             coords, values = image_to_points(chunk)

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import check_types
 from .coords import coord_to_pixel
 from .siren import Params, Siren, param_shapes
 
@@ -98,15 +99,15 @@ class HyperConfig:
     flip: bool = False
 
     def __post_init__(self):
+        check_types(self)
         choices = dict(encoder=("set", "conv", "grid", "posterior"), output=("weights", "shift", "linear"),
                        refine=("auto", "latent", "shift", "params"))
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("latent_dim", "hidden", "head_width", "encoder_layers", "min_context", "image_size"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or int(value) < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("beta", "weight_reg", "refine_steps", "train_refine_steps", "trunk_layers", "fourier_bands"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -40,6 +40,7 @@ from torch import nn
 from torch.func import vmap
 
 from . import io as _io
+from .config import check_count, check_types
 from .coords import as_image_batch, check_context, image_to_points
 from .functions import Functions
 from .inner import LATENT, MODULATION, LearningRate, adapt, adapt_tasks, adapt_trace, siren_params, task_loss
@@ -71,6 +72,7 @@ class MetaConfig:
     checkpoint: bool = False
 
     def __post_init__(self):
+        check_types(self)
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
         if not isinstance(self.inner_steps, int) or self.inner_steps < 1:
@@ -256,9 +258,8 @@ class MetaPrior(nn.Module):
 
     # -- fast fitting -------------------------------------------------------------------------------------------
     def _adapt_points(self, coords, values, steps, chunk: int) -> Params:
-        steps = self.cfg.inner_steps if steps is None else int(steps)
-        if steps < 0:
-            raise ValueError(f"steps must be >= 0, got {steps}")
+        steps = self.cfg.inner_steps if steps is None else check_count(steps, "steps")
+        chunk = check_count(chunk, "chunk", least=1)
         params = {k: v.detach() for k, v in self.meta_params().items()}
         rates = self.inner_rates()
         rates = {k: v.detach() for k, v in rates.items()} if isinstance(rates, dict) else rates

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+import inrprior as ip
 from inrprior import io
 from inrprior.coords import image_to_points, pixel_to_coord
 from inrprior.functions import Functions
@@ -208,8 +209,16 @@ def test_clear_errors():
         prior.adapt_context(coords, values.masked_fill(torch.ones_like(values, dtype=torch.bool), math.nan))
     with pytest.raises(ValueError, match="NaN"):
         prior.adapt_context(coords.clone().fill_(math.nan), values)
-    with pytest.raises(ValueError, match=r"images must be \(B, 1, H, W\)"):
+    with pytest.raises(ValueError, match=r"images: 3 channels, but the SIREN outputs 1"):
         prior(torch.rand(2, 3, 8, 8))
+    loss, _ = prior(torch.rand(2, 1, 8, 8, dtype=torch.float64))  # float64 images train a float32 prior
+    assert loss.dtype == torch.float32
+    with pytest.raises(ValueError, match="steps must be an integer >= 0, got 1.7"):
+        prior.adapt(torch.rand(1, 8, 8), steps=1.7)
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+        prior.latents(torch.rand(2, 1, 8, 8), batch_size=0)
+    with pytest.raises(ValueError, match="latent_dim must be an integer, got 2.5"):
+        make(latent_dim=2.5)
     with pytest.raises(ValueError, match="NaN"):
         prior.adapt(torch.full((1, 8, 8), math.nan))
     with pytest.raises(ValueError, match="encoder must be one of"):
@@ -324,3 +333,16 @@ def test_posterior_encoder_needs_the_linear_output():
         HyperConfig(encoder="posterior", output="weights")
     with pytest.raises(ValueError, match="noise_init must be positive"):
         HyperConfig(output="linear", encoder="posterior", noise_init=0.0)
+
+
+def test_refinement_target_is_chosen_per_image_in_a_masked_batch():
+    torch.manual_seed(0)
+    prior = HyperPrior(ip.Siren(2, 1, 16, 1), hidden=8, head_width=8, latent_dim=4, image_size=8)
+    coords, values = ip.grid(8, 8)[:60], torch.rand(2, 60, 1)
+    mask = torch.ones(2, 60)
+    mask[1, 10:] = 0  # image 1 has 10 known pixels (< refine_min_context: its latent only is refined)
+    batched = prior.adapt_context(coords, values, steps=3, mask=mask).render(8, 8)
+    alone = [prior.adapt_context(coords, values[:1], steps=3).render(8, 8)[0],
+             prior.adapt_context(coords[:10], values[1:, :10], steps=3).render(8, 8)[0]]
+    for i in range(2):  # each image's result is its own, whatever else is in the batch
+        torch.testing.assert_close(batched[i], alone[i], rtol=0, atol=1e-6)

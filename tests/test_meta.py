@@ -245,6 +245,14 @@ def test_errors():
         make(context_fraction=0.0)
     with pytest.raises(TypeError, match="Siren"):
         MetaPrior(torch.nn.Linear(2, 3))
+    with pytest.raises(ValueError, match="steps must be an integer >= 0, got 1.7"):
+        prior.adapt(torch.rand(1, 8, 8), steps=1.7)  # not silently 1 step
+    with pytest.raises(ValueError, match="chunk must be an integer >= 1"):
+        prior.adapt(torch.rand(1, 8, 8), chunk=0)
+    with pytest.raises(ValueError, match="inner_steps must be an integer, got True"):
+        make(inner_steps=True)
+    with pytest.raises(ValueError, match="inner_lr must be a finite number, got inf"):
+        make(inner_lr=float("inf"))
 
 
 def test_train_loop_resumes_exactly_with_random_context(tmp_path):
