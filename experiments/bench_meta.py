@@ -290,15 +290,17 @@ def report(results, memory, out: Path):
         h_sps = 1 / h["step_s"] if ok(h) else None
         f = flops.get((cfg, b))
         gv = f / r["step_s"] / 1e9 if f and ok(r) else None
-        gh = f / h["step_s"] / 1e9 if f and ok(h) else None
+        fh = h.get("flops") if ok(h) else None  # the loop's own work: its products are not the vmapped ones
+        gh = fh / h["step_s"] / 1e9 if fh else None
         # the limit at this step's own products, measured in the row's own process
         mm = r.get("mm_gflops_step") or (keyed.get((cfg, b, "eager", "vmap")) or {}).get("mm_gflops_step")
+        mm_h = h.get("mm_gflops_step") if ok(h) else None
         row = dict(config=cfg, batch=b, mode=mode, vmap_steps_s=v_sps, higher_steps_s=h_sps,
                    ratio=v_sps / h_sps if v_sps and h_sps else None,
                    vmap_mb=r.get("peak_tensor_mb"), higher_mb=h.get("peak_tensor_mb") if ok(h) else None,
                    vmap_gflops=gv, higher_gflops=gh, mm_batched=r.get("mm_gflops_batched"),
                    mm_task=r.get("mm_gflops_task"), mm_step=mm, efficiency=gv / mm if gv and mm else None,
-                   higher_efficiency=gh / mm if gh and mm else None, error=r.get("error"))
+                   higher_efficiency=gh / mm_h if gh and mm_h else None, error=r.get("error"))
         row["mem_ratio"] = row["vmap_mb"] / row["higher_mb"] if row["vmap_mb"] and row["higher_mb"] else None
         rows.append(row)
         ratios[f"{cfg}\nB={b} {mode}"] = row["ratio"]

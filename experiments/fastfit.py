@@ -13,7 +13,7 @@ over images. Output (``--out``, default ``runs/fastfit``): ``results.json``, ``p
 
     python experiments/fastfit.py                                  # faces 32x32, the demo's training (all variants)
     python experiments/fastfit.py --data patches --size 64 --out runs/fastfit-patches64
-    python experiments/fastfit.py --quick                          # minutes on a busy CPU, small SIREN
+    python experiments/fastfit.py --quick                          # minutes on a busy CPU: fewer steps and images
     python experiments/fastfit.py --data patches --size 64 --variants metasgd --device cuda   # on a GPU
 """
 from __future__ import annotations
@@ -103,6 +103,8 @@ def adam_baseline(net: ip.Siren, images, steps: int, lr: float, ctx=None, every=
 
 def reuse_adam(folder: Path, a) -> dict:
     """The Adam curves of an earlier run with the same data and baseline settings (JSON keys back to ints)."""
+    if not (folder / "results.json").is_file():
+        raise SystemExit(f"--adam-from {folder}: no results.json there (the --out of an earlier fastfit run)")
     old = json.loads((folder / "results.json").read_text())
     same = ("data", "size", "hidden", "layers", "adam_steps", "adam_lr", "test_images")
     diff = {k: (old["config"].get(k), getattr(a, k)) for k in same if old["config"].get(k) != getattr(a, k)}
@@ -111,6 +113,21 @@ def reuse_adam(folder: Path, a) -> dict:
     adam = old["adam"]
     return {**adam, "psnr": {int(k): v for k, v in adam["psnr"].items()},
             "context10_psnr": {int(k): v for k, v in adam["context10_psnr"].items()}, "from": str(folder)}
+
+
+def earlier_variants(path: Path, a) -> dict:
+    """The variants an earlier run into the same ``--out`` measured with the same data, SIREN, test images and
+    baseline (kept, so that adding or resuming a variant does not drop the others' results)."""
+    if not path.exists():
+        return {}
+    old = json.loads(path.read_text())
+    same = ("data", "size", "hidden", "layers", "adam_steps", "adam_lr", "test_images")
+    if any(old["config"].get(k) != getattr(a, k) for k in same):
+        return {}
+    kept = {name: r for name, r in old.get("variants", {}).items() if name not in a.variants.split(",")}
+    if kept:
+        print(f"keeping the earlier results of {sorted(kept)} from {path}")
+    return kept
 
 
 def steps_to_reach(curve: dict[int, float], target: float) -> int | None:
@@ -144,7 +161,8 @@ def main(argv=None):
     p.add_argument("--device", default="cpu", help="cpu or cuda (training, the baseline and the evaluation)")
     p.add_argument("--out", default="runs/fastfit")
     p.add_argument("--quick", action="store_true",
-                   help="100 outer steps, 300 Adam steps, 10 test images, variants maml,latent,maml-ctx10")
+                   help="100 outer steps, 300 Adam steps, 10 test images, variants maml,latent,maml-ctx10 (the "
+                        "demo's SIREN)")
     p.add_argument("--no-progress", action="store_true")
     if p.parse_known_args(argv)[0].quick:  # quick changes the defaults; explicit flags still win
         p.set_defaults(train_steps=100, adam_steps=300, test_images=10, variants="maml,latent,maml-ctx10")
@@ -164,7 +182,8 @@ def main(argv=None):
     gen = torch.Generator().manual_seed(0)
     ctx_c, ctx_v = ipdata.sample_context(test.cpu(), 0.1, generator=gen)  # (b, n, 2), (b, n, c)
     ctx_c, ctx_v = ctx_c.to(dev), ctx_v.to(dev)
-    results = {"config": vars(a), "train_images": len(train), "test_images": len(test), "variants": {}}
+    results = {"config": vars(a), "train_images": len(train), "test_images": len(test),
+               "variants": earlier_variants(out / "results.json", a)}
     print(f"{a.data} {a.size}x{a.size}: {len(train)} train / {len(test)} test images; SIREN {a.layers}x{a.hidden}; "
           f"torch threads {torch.get_num_threads()}; {dev}")
 
@@ -231,7 +250,8 @@ def plots(out: Path, results: dict, renders: dict, a) -> None:
     rows = [(name, img[:n]) for name, img in renders.items()]
     image_grid(torch.cat([img.cpu() for _, img in rows]), out / "reconstructions.png", nrow=n,
                titles=[name if j == 0 else "" for name, _ in rows for j in range(n)],
-               title="held-out images: target, prior after 3 steps, standard init after 3 / all Adam steps")
+               title="held-out images: target, prior after 3 steps" +
+               (", standard init after 3 / all Adam steps" if any(k.startswith("Adam") for k in renders) else ""))
 
 
 if __name__ == "__main__":

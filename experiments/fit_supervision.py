@@ -95,6 +95,12 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default="runs/fit_supervision")
     args = p.parse_args(argv)
+    unknown = [n for n in args.only.split(",") if n.strip() not in STREAMS]
+    if unknown:
+        p.error(f"--only: unknown supervisions {unknown}; choose from {list(STREAMS)}")
+    for name in STREAMS:
+        if getattr(args, f"steps_{name}") < 1:
+            p.error(f"--steps-{name} must be >= 1, got {getattr(args, f'steps_{name}')}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str((out / "inductor_cache").resolve()))
@@ -120,8 +126,10 @@ def main(argv=None) -> dict:
         log_every = max(1, n_steps // 20)
         f, hist = fit(image, steps=n_steps, supervision=name, net=net, lr=args.lr, compile=args.compile,
                       log_every=log_every, progress=sys.stderr.isatty(), seed=0)
-        # ms/step from the first log on: leaves out warm-up and compilation
-        ms = 1000 * (hist.time[-1] - hist.time[0]) / max(1, hist.step[-1] - hist.step[0])
+        if len(hist.step) > 1:  # ms/step from the first log on: leaves out warm-up and compilation
+            ms = 1000 * (hist.time[-1] - hist.time[0]) / (hist.step[-1] - hist.step[0])
+        else:  # one log: every step, warm-up included
+            ms = 1000 * hist.time[-1] / hist.step[-1]
         s = STREAMS[name]
         model_flops = 3 * s * size * size * flops_point
         mm = mm_gflops(s * size * size, 256, device)

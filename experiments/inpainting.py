@@ -1,7 +1,7 @@
 """Image inpainting from a few known pixels (the SIREN paper's hypernetwork table), on held-out images.
 
-Trains a :class:`~inrprior.HyperPrior` (and a :class:`~inrprior.MetaPrior` where ``inrprior.meta`` exists) on the
-training split for a fixed wall-clock budget each, then reconstructs every held-out image from 10, 100, 1000 (where the
+Trains a :class:`~inrprior.HyperPrior` and a :class:`~inrprior.MetaPrior` on the training split for a fixed budget
+of CPU time each, then reconstructs every held-out image from 10, 100, 1000 (where the
 image has them) and all of its pixels, and scores the whole image: mean squared error on the [0, 1] scale over all
 pixels of all held-out images, and PSNR = 10 log10(1 / MSE) of that pooled MSE. Methods:
 
@@ -19,8 +19,8 @@ pixels of all held-out images, and PSNR = 10 log10(1 / MSE) of that pooled MSE. 
 
 Every method sees the same context pixels: ``--draws`` random draws per context size (seeds 1, 2, ...); the MSE is
 pooled over the draws too, and the table shows the lowest and highest PSNR of the single draws (at 10 pixels one
-draw moves the score by +-0.4 dB, as much as the differences between methods). The HyperPrior's one-pass score on as many
-training images is reported too (how much it memorizes). Output (``--out``, default ``runs/inpainting``):
+draw moves the score by +-0.4 dB, as much as the differences between methods). The HyperPrior's one-pass score on
+as many training images is reported too (how much it memorizes). Output (``--out``, default ``runs/inpainting``):
 ``results.json``, ``psnr_vs_context.png``, ``inpainting.png``, one training folder per prior (``hyper/``, ``meta/``
 with ``prior.safetensors``, which ``experiments/samples.py --from`` reuses).
 
@@ -255,7 +255,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch threads (1 is faster on a busy machine)")
     p.add_argument("--out", default="runs/inpainting")
     p.add_argument("--quick", action="store_true", help="2 minutes of training per prior")
-    p.add_argument("--cost", action="store_true", help="only measure the 3x256 cost of both output modes")
+    p.add_argument("--cost", action="store_true",
+                   help="only measure the cost (parameters, steps/s, peak memory) of each output mode at a 3x256 SIREN")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -272,6 +273,13 @@ def main(argv=None):
     if a.quick:
         a.minutes = min(a.minutes, 2.0)
         a.meta_minutes = min(a.meta_minutes or a.minutes, 2.0)
+    if a.from_run:  # score the saved priors on the data, size and split they were trained with
+        saved = json.loads((Path(a.from_run) / "results.json").read_text())["config"]
+        for key, old in (("data", a.data), ("size", a.size), ("split", "rule"), ("siren", a.siren)):
+            value = saved.get(key, old)  # runs older than the --split flag used the rule split
+            if value != getattr(a, key):
+                print(f"--{key} {value} (as the run in {a.from_run} was trained)")
+                setattr(a, key, value)
     train, test = load_split(a.data, a.size, a.split)
     c, h, w = train.shape[1:]
     sizes = sorted({n for n in (10, 100, 1000) if n < h * w} | {h * w})

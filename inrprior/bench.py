@@ -1,5 +1,5 @@
-"""The speed table of this machine (``inrprior bench``): points per second of queries and renders, and
-milliseconds per fitting step, each next to a plain forward pass of the same SIREN measured in the same run.
+"""The speed table of this machine (``inrprior bench``): points per second of queries (values, gradients,
+Laplacians) and renders, each next to a plain forward pass of the same SIREN measured in the same run.
 
 Ratios measured side by side are what to compare across machines; absolute numbers depend on the load.
 """

@@ -175,7 +175,8 @@ register("train", "train a prior (MetaPrior or HyperPrior) on an image dataset; 
          "  inrprior train --prior meta --data faces --steps 300 --out runs/faces\n"
          "  inrprior train --prior hyper --data folder:~/photos --size 64 --steps 2000 --out runs/photos\n"
          "  inrprior train ... --out runs/faces --resume          continue an interrupted run\n"
-         "  torchrun --nproc-per-node 4 -m inrprior train --prior meta --data celeba:/data --batch-size 64 --out runs/c")
+         "  torchrun --nproc-per-node 4 -m inrprior train --prior meta --data celeba:/data --batch-size 64 \\\n"
+         "      --out runs/c")
 
 
 # ---------------------------------------------------------------------------------------------------------- sample
@@ -283,12 +284,13 @@ def _bench(args: argparse.Namespace) -> int:
 
     quick = dict(n_points=64 * 64, batch=2, repeats=2, compile=False)  # no compiled render: seconds, not minutes
     size = quick if args.quick else dict(n_points=128 * 128, batch=4, repeats=3)
-    devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    names = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = [device_of(d) for d in names]  # an unusable device is refused before the table starts
     if not args.quick:
         print("(the compiled render's row compiles first: a minute or two on a small CPU; --quick skips it)")
     print(HEADER)
     for d in devices:
-        query_rows(device_of(d), **size, on_row=lambda row: print(row_line(row), flush=True))
+        query_rows(d, **size, on_row=lambda row: print(row_line(row), flush=True))
     return 0
 
 
