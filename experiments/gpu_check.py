@@ -20,6 +20,7 @@ Checks, each printed as one row with its measured error and tolerance (exit stat
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
 
@@ -116,6 +117,16 @@ def hyper_checks(dev):
     coords_c, values_c = image_to_points(images)
     ref = prior.adapt_context(coords_c[:32].expand(4, -1, -1), values_c[:, :32]).query(coords_c).value
     check("hyper adapt_context (32 of 64 pixels): device vs CPU (float64)", rel(pred, ref), 1e-9)
+    mask = torch.ones(4, 64, dtype=torch.float64)
+    mask[1, 12:] = 0  # one image with 12 known pixels: refined on its latent only, the others on every weight
+    refined = {}
+    for where in (dev, "cpu"):
+        prior.to(where)
+        torch.manual_seed(0)
+        refined[where] = prior.adapt_context(coords_c.to(where), values_c.to(where), steps=2,
+                                             mask=mask.to(where)).query(coords_c.to(where)).value
+    check("hyper refinement of a masked batch (per-image targets): device vs CPU", rel(refined[dev], refined["cpu"]),
+          1e-8)
 
 
 def train_checks(dev):
@@ -166,6 +177,10 @@ def api_checks(dev):
     check("Functions.to(device): prior's net stays on the CPU",
           float(next(prior.net.parameters()).device.type != "cpu"), 0)
     check("Functions.to(device): laplacian vs CPU (float64)", rel(moved.laplacian, ref.laplacian), 1e-10)
+    half = faces(1, size=16).to(dev, torch.float16)
+    _, hist = ip.fit(half, steps=5, net=ip.Siren(2, 1, 16, 1).to(dev), lr=1e-3, progress=False)
+    check("fit of a float16 image on the device: finite PSNR (computed in float32)",
+          float(not all(map(math.isfinite, hist.final_psnr))), 0)
     bad = images.to(dev).clone()
     bad[0, 0, 1, 1] = float("nan")
     try:
