@@ -159,8 +159,7 @@ def _train(args: argparse.Namespace) -> int:
           eval_dataset=test_set if len(test_set) else None, eval_every=args.eval_every, eval_steps=args.eval_steps,
           checkpoint_every=args.checkpoint_every, resume=args.resume, overwrite=args.overwrite, device=device,
           progress=not args.quiet, seed=args.seed, density=None if args.density == "none" else args.density,
-          grad_clip=args.grad_clip,
-          amp=args.amp, compile=args.compile)
+          grad_clip=args.grad_clip, amp=args.amp, compile=args.compile)
     if _rank() == 0:
         print(f"trained prior: {args.out / 'prior.safetensors'}; report: {args.out / 'report.html'}")
     return 0
@@ -211,7 +210,7 @@ def _sample(args: argparse.Namespace) -> int:
     from .plots import save_image, tile
 
     prior = _load_run(args.run, device_of(args.device))
-    if not prior.can_sample:
+    if not getattr(prior, "can_sample", True):
         raise ValueError(f"{args.run} holds a MetaPrior without a sampling density (trained with --density none); "
                          "fit one in Python: prior.fit_density(train_images); prior.save(path)")
     functions = prior.sample(args.n, generator=torch.Generator().manual_seed(args.seed))

@@ -10,7 +10,6 @@ Paths: a path without a suffix gets ``.safetensors`` appended, on saving and on 
 from __future__ import annotations
 
 import copy
-
 import importlib
 import json
 import logging
