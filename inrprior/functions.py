@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import numbers
 import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -270,13 +271,28 @@ class Functions:
                 f"{c['hidden_layers']}x{c['hidden_features']}, w0={c['w0']})")
 
     def __getitem__(self, index) -> "Functions":
-        shapes = param_shapes(self.net)
-        if isinstance(index, int):
-            if not -len(self) <= index < len(self):
-                raise IndexError(f"function index {index} out of range for {len(self)} functions")
-            index %= len(self)
-            index = slice(index, index + 1)
-        return Functions(self.net, {k: (v[index] if v.dim() > len(shapes[k]) else v) for k, v in self.params.items()})
+        """One function (``f[i]``, numpy integers too), a slice (any step) or a list / tensor of indices; always a
+        :class:`Functions`, never empty."""
+        n, shapes = len(self), param_shapes(self.net)
+        if isinstance(index, numbers.Integral) and not isinstance(index, bool):
+            if not -n <= index < n:
+                raise IndexError(f"function index {index} out of range for {n} functions")
+            rows = [int(index) % n]
+        elif isinstance(index, slice):
+            rows = list(range(n)[index])
+        else:
+            try:
+                rows = torch.arange(n)[torch.as_tensor(index)].reshape(-1).tolist()
+            except (IndexError, TypeError, ValueError, RuntimeError) as e:
+                raise IndexError(f"cannot index {n} functions with {index!r}: {e}") from None
+        if not rows:
+            raise IndexError(f"{index!r} selects none of the {n} functions")
+        if rows == list(range(rows[0], rows[-1] + 1)):  # contiguous: views, no copy
+            pick = lambda v: v[rows[0]:rows[-1] + 1]  # noqa: E731
+        else:
+            idx = torch.tensor(rows, device=self.device)
+            pick = lambda v: v.index_select(0, idx)  # noqa: E731
+        return Functions(self.net, {k: (pick(v) if v.dim() > len(shapes[k]) else v) for k, v in self.params.items()})
 
     @property
     def device(self) -> torch.device:

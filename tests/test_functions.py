@@ -1,6 +1,7 @@
 """The core: Siren, coordinates and Functions queries (values, gradients, Laplacians), checked against oracles."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -264,3 +265,10 @@ def test_functions_to_and_indexing_leave_the_shared_net_alone():
     assert len(f[-1]) == 1 and torch.equal(f[-1].params["layers.0.bias"], f[1].params["layers.0.bias"])
     with pytest.raises(IndexError, match="out of range"):
         f[-3]
+    back = f[::-1]  # any step, numpy integers and index lists too; the order is the one asked for
+    assert torch.equal(back.params["layers.0.bias"], f.params["layers.0.bias"].flip(0))
+    assert torch.equal(f[np.int64(1)].params["layers.0.bias"], f[[1]].params["layers.0.bias"])
+    with pytest.raises(IndexError, match="selects none of the 2 functions"):
+        f[5:9]
+    with pytest.raises(IndexError, match="cannot index 2 functions"):
+        f[[0, 7]]
