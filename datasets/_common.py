@@ -19,8 +19,8 @@ def check(spec: str) -> None:
         return
     for split in ("train", "test"):
         ds = data.load(spec, size=32, split=split)
-        x = ds[0]
-        print(f"{spec} {split}: {len(ds)} images, each {tuple(x.shape)} after resizing to 32")
+        shape = f", each {tuple(ds[0].shape)} after resizing to 32" if len(ds) else ""
+        print(f"{spec} {split}: {len(ds)} images{shape}")
 
 
 def fail(message: str) -> None:

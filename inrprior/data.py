@@ -80,10 +80,11 @@ class _LazyImages(Dataset):
 
 
 def _size(size) -> tuple[int, int]:
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
-    if not (isinstance(h, int) and isinstance(w, int)) or h < 1 or w < 1:
+    pair = (size, size) if isinstance(size, numbers.Integral) else tuple(size) if hasattr(size, "__len__") else ()
+    if len(pair) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
+                                 for v in pair):
         raise ValueError(f"size must be a positive int or (height, width), got {size!r}")
-    return h, w
+    return int(pair[0]), int(pair[1])
 
 
 def resize(image: torch.Tensor, size) -> torch.Tensor:
@@ -250,7 +251,8 @@ def _folder(root: Path, size, split: str, channels: int | None) -> Dataset:
     from PIL import Image
 
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist")
+        what = "is a file, not a folder (folder:PATH reads every image under PATH)" if root.exists() else "does not exist"
+        raise FileNotFoundError(f"image folder {root} {what}")
     extensions = {e.lower() for e in Image.registered_extensions()}
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
     if not files:

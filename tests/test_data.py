@@ -44,6 +44,9 @@ def test_digits():
     (dict(spec="faces", split="val"), "split must be"),
     (dict(spec="faces", channels=4), "channels must be"),
     (dict(spec="faces", size=0), "size must be"),
+    (dict(spec="faces", size=True), "size must be"),
+    (dict(spec="faces", size=(8,)), "size must be"),
+    (dict(spec="faces", size=8.0), "size must be"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -220,3 +223,23 @@ def test_pil_images_keep_their_bit_depth_and_gray_modes():
     half, _ = as_image_batch(torch.full((1, 4, 4), 0.5, dtype=torch.float16))
     assert half.dtype == torch.float32  # fitting in float16 overflows Adam: images are computed in float32
     assert as_image_batch(torch.full((1, 2, 2), 65535, dtype=torch.uint16))[0].max() == 1.0
+
+
+def test_folder_recipe_copies_every_file_with_the_channels_inrprior_reads(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((10, 14, 3)) * 255).astype(np.uint8)).save(src / "x.jpg")
+    Image.fromarray((rng.random((10, 14)) * 255).astype(np.uint8)).save(src / "x.png")  # same stem as x.jpg
+    Image.fromarray((rng.random((9, 9, 2)) * 255).astype(np.uint8), mode="LA").save(src / "a.png")  # gray + alpha
+    recipe = Path(__file__).resolve().parents[1] / "datasets" / "folder.py"
+    done = subprocess.run([sys.executable, str(recipe), str(src), "--size", "6", "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "x.jpg.png", "x.png.png"]
+    for name, copy in (("a.png", "a.png"), ("x.jpg", "x.jpg.png"), ("x.png", "x.png.png")):
+        assert data.read_image(tmp_path / "out" / copy).shape == (data.read_image(src / name).shape[0], 6, 6)
