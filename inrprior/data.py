@@ -251,7 +251,8 @@ def _folder(root: Path, size, split: str, channels: int | None) -> Dataset:
     from PIL import Image
 
     if not root.is_dir():
-        what = "is a file, not a folder (folder:PATH reads every image under PATH)" if root.exists() else "does not exist"
+        what = ("is a file, not a folder (folder:PATH reads the images under PATH)" if root.exists()
+                else "does not exist")
         raise FileNotFoundError(f"image folder {root} {what}")
     extensions = {e.lower() for e in Image.registered_extensions()}
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
