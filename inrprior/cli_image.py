@@ -164,7 +164,7 @@ def _render(args: argparse.Namespace) -> int:
         lap = functions.render_derivatives(h, w, ("laplacian",), compile=args.compile).laplacian.mean(1)  # (b, h, w)
         scale = float(lap.abs().max()) or 1.0
         images, note = (0.5 + lap / (2 * scale))[:, None], f" (black/white = Laplacian -/+{scale:.4g})"
-    path = save_image(images[0] if len(images) == 1 else tile(images), args.output)
+    path = save_image(tile(images), args.output)
     print(f"wrote {path}: {len(images)} function(s), {args.derivative} at {h}x{w}{note}")
     return 0
 

@@ -215,7 +215,7 @@ def _sample(args: argparse.Namespace) -> int:
                          "fit one in Python: prior.fit_density(train_images); prior.save(path)")
     functions = prior.sample(args.n, generator=torch.Generator().manual_seed(args.seed))
     images = functions.render(*args.size).cpu()
-    written = [save_image(images[0] if len(images) == 1 else tile(images), args.output)]  # pixel for pixel
+    written = [save_image(tile(images), args.output)]  # pixel for pixel
     if args.save:
         written.append(functions.save(args.save))
     print("wrote " + " and ".join(map(str, written)))

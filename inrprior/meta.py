@@ -75,11 +75,11 @@ class MetaConfig:
         check_types(self)
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
-        if not isinstance(self.inner_steps, int) or self.inner_steps < 1:
+        if self.inner_steps < 1:  # the types were checked above
             raise ValueError(f"inner_steps must be a positive integer, got {self.inner_steps!r}")
-        if not self.inner_lr >= 0:
+        if self.inner_lr < 0:
             raise ValueError(f"inner_lr must be >= 0, got {self.inner_lr}")
-        if self.latent_dim is not None and (not isinstance(self.latent_dim, int) or self.latent_dim < 1):
+        if self.latent_dim is not None and self.latent_dim < 1:
             raise ValueError(f"latent_dim must be None or a positive integer, got {self.latent_dim!r}")
         if self.context_fraction is not None and not 0 < self.context_fraction <= 1:
             raise ValueError(f"context_fraction must be in (0, 1], got {self.context_fraction}")
